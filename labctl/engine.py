@@ -1,0 +1,185 @@
+"""The engine: applies a Plan to the lab's namespaces with pyroute2 (netlink, no shell).
+
+Order inside a namespace follows what the real agents do: devices, addresses, links up,
+neighbours, FDB, routes (flanneld's neighbour-FDB-route order, so nothing needs resolving),
+sysctls, then files. Nodes and routers go first because they create the pods' veths.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from labctl.nsutil import in_netns, netns_path, write_sysctl
+from labctl.plan import Link, NamespacePlan, Plan, Route
+
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+RTNH_F_ONLINK = 0x04
+RTPROT_BOOT = 3  # what `ip route add` uses; `ip route` then prints no "proto"
+RT_SCOPE = {"link": 253, "global": 0}
+
+
+class EngineError(RuntimeError):
+    """A plan object the kernel refused; names the namespace and object."""
+
+
+def _index(ip: IPRoute, name: str) -> int:
+    found = ip.link_lookup(ifname=name)
+    if not found:
+        raise EngineError(f"device {name} does not exist")
+    return int(found[0])
+
+
+def _create_link(ip: IPRoute, link: Link, pids: dict[str, int]) -> None:
+    common: dict[str, object] = {"ifname": link.name}
+    if link.mtu:
+        common["mtu"] = link.mtu
+    if link.mac:
+        common["address"] = link.mac
+    if link.kind == "bridge":
+        ip.link("add", kind="bridge", **common)
+    elif link.kind == "vxlan":
+        ip.link(
+            "add",
+            kind="vxlan",
+            vxlan_id=link.vni,
+            vxlan_port=link.port,
+            vxlan_local=link.local,
+            vxlan_link=_index(ip, link.underlay or ""),
+            vxlan_learning=1 if link.learning else 0,
+            **common,
+        )
+    elif link.kind == "veth":
+        assert link.peer_ns is not None
+        peer_fd = os.open(netns_path(pids[link.peer_ns]), os.O_RDONLY)
+        try:
+            peer: dict[str, object] = {"ifname": link.peer_name, "net_ns_fd": peer_fd}
+            if link.peer_mac:
+                peer["address"] = link.peer_mac
+            if link.peer_mtu:
+                peer["mtu"] = link.peer_mtu
+            ip.link("add", kind="veth", peer=peer, **common)
+        finally:
+            os.close(peer_fd)
+    elif link.kind == "tun":
+        # Persistent, so the userspace datapath can restart without losing routes.
+        ip.link("add", ifname=link.name, kind="tuntap", mode="tun", ifr={"no_pi": True})
+        extra = {k: v for k, v in common.items() if k == "mtu"}
+        if extra:
+            ip.link("set", index=_index(ip, link.name), **extra)
+    else:
+        raise EngineError(f"device kind {link.kind} is not supported by this kernel path")
+    if link.master:
+        idx = _index(ip, link.name)
+        ip.link("set", index=idx, master=_index(ip, link.master))
+        if link.hairpin:
+            ip.brport("set", index=idx, mode=1)
+
+
+def _route_args(ip: IPRoute, route: Route) -> dict[str, object]:
+    args: dict[str, object] = {"dst": "0.0.0.0/0" if route.dst == "default" else route.dst}
+    if route.type == "blackhole":
+        args["type"] = "blackhole"
+        return args
+    args["proto"] = RTPROT_BOOT
+    if route.via:
+        args["gateway"] = route.via
+    if route.dev:
+        args["oif"] = _index(ip, route.dev)
+    if route.onlink:
+        args["flags"] = RTNH_F_ONLINK
+    if route.scope:
+        args["scope"] = RT_SCOPE[route.scope]
+    return args
+
+
+def describe_route(route: Route) -> str:
+    """`ip route` style text of a planned route, for messages."""
+    parts = [route.dst] if route.type == "unicast" else ["blackhole", route.dst]
+    if route.via:
+        parts += ["via", route.via]
+    if route.dev:
+        parts += ["dev", route.dev]
+    if route.onlink:
+        parts.append("onlink")
+    return " ".join(parts)
+
+
+def apply_namespace(ns: NamespacePlan, pid: int, pids: dict[str, int]) -> list[str]:
+    """Program one namespace; return warnings for best-effort objects the kernel refused."""
+    warnings: list[str] = []
+    with in_netns(pid), IPRoute() as ip:
+        step = "lo"
+        try:
+            ip.link("set", index=_index(ip, "lo"), state="up")
+            for link in ns.links:
+                step = f"link {link.name}"
+                _create_link(ip, link, pids)
+            for addr in ns.addresses:
+                step = f"address {addr.cidr} on {addr.dev}"
+                host, plen = addr.cidr.split("/")
+                ip.addr("replace", index=_index(ip, addr.dev), address=host, prefixlen=int(plen))
+            step = "links up"
+            for link in ip.get_links():
+                if link.get("state") != "up":
+                    ip.link("set", index=link["index"], state="up")
+            for n in ns.neighbours:
+                step = f"neighbour {n.ip} on {n.dev}"
+                ip.neigh("replace", dst=n.ip, lladdr=n.mac, ifindex=_index(ip, n.dev), state=NUD_PERMANENT)
+            for f in ns.fdb:
+                step = f"fdb {f.mac} dst {f.dst} on {f.dev}"
+                ip.fdb(
+                    "replace",
+                    ifindex=_index(ip, f.dev),
+                    lladdr=f.mac,
+                    dst=f.dst,
+                    state=NUD_PERMANENT,
+                    flags=NTF_SELF,
+                )
+            for route in ns.routes:
+                step = f"route {describe_route(route)}"
+                try:
+                    ip.route("replace", **_route_args(ip, route))
+                except NetlinkError as e:
+                    if not route.best_effort:
+                        raise
+                    # flanneld's behaviour: log the refused route and carry on.
+                    warnings.append(
+                        f"{ns.name}: error adding route {describe_route(route)}: "
+                        f"{os.strerror(e.code)}" + (f" ({route.why})" if route.why else "")
+                    )
+            for key, value in ns.sysctls.items():
+                step = f"sysctl {key}"
+                write_sysctl(key, value)
+        except (NetlinkError, OSError) as e:
+            code = e.code if isinstance(e, NetlinkError) else e.errno
+            raise EngineError(f"{ns.name}: {step}: {os.strerror(code or errno.EINVAL)}") from e
+    for path, content in ns.files.items():
+        _write_file(pid, path, content)
+    return warnings
+
+
+def _write_file(pid: int, path: str, content: str) -> None:
+    # /proc/<pid>/root resolves inside the node's own mount namespace, so this lands in the
+    # node's private directory, not the host's.
+    target = Path(f"/proc/{pid}/root") / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(content)
+    target.chmod(0o644)
+
+
+def apply(plan: Plan, pids: dict[str, int], progress: Callable[[str], None] | None = None) -> list[str]:
+    """Program every namespace of the plan; return the best-effort warnings."""
+    warnings: list[str] = []
+    order = sorted(plan.namespaces.values(), key=lambda n: n.role == "pod")
+    for i, ns in enumerate(order):
+        if progress and i % 25 == 0:
+            progress(f"programming {ns.role} {ns.name} ({i + 1}/{len(order)})")
+        warnings += apply_namespace(ns, pids[ns.name], pids)
+    return warnings

@@ -1,0 +1,189 @@
+"""Bringing a lab up and down from the CLI side: the lab's private namespace, the
+supervisor that holds it, and a cleanup that works from the recorded state alone."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pyroute2 import netns as pr_netns
+
+from labctl import state
+from labctl.nsutil import enter_netns_path
+from labctl.state import LAB_ENV, LabError, LabState
+
+REQUIRED_TOOLS = ("mnexec", "brctl", "nsenter", "tcpdump", "ping")
+UP_TIMEOUT = 600.0
+
+
+class EnvironmentProblem(Exception):
+    """The machine lacks something (root, a tool, a kernel feature); exit 3."""
+
+    exit_code = 3
+
+
+def check_environment() -> None:
+    """Root and the external tools a lab needs, with the fix named."""
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("labctl needs root to build namespaces; run it with sudo")
+    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
+    if missing:
+        raise EnvironmentProblem(
+            f"missing tools: {', '.join(missing)}; run 'sudo bash scripts/install.sh'"
+        )
+    try:
+        import mininet.net  # noqa: F401
+    except ImportError:
+        raise EnvironmentProblem(
+            "the Mininet Python module is not importable; run 'sudo bash scripts/install.sh' "
+            "and use .venv/bin/labctl (a venv made from /usr/bin/python3 with system site-packages)"
+        ) from None
+
+
+def _lab_pids(lab: str) -> list[int]:
+    """PIDs of every process that carries the lab's environment marker."""
+    marker = f"{LAB_ENV}={lab}".encode()
+    me = os.getpid()
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            env = Path(entry.path, "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in env.split(b"\0"):
+            out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def up(
+    lab: str,
+    mode: str,
+    topology_file: Path,
+    topology_name: str,
+    progress: Callable[[str], None],
+) -> LabState:
+    """Start the supervisor for a validated lab and wait until it is ready.
+
+    On any failure everything built so far is removed before the error is raised.
+    """
+    if lab in state.list_labs() or os.path.exists(f"/run/netns/{state.netns_name(lab)}"):
+        raise LabError(f"lab {lab!r} is already up; 'labctl down -n {lab}' first, or pick -n NAME")
+    st = LabState(lab=lab, mode=mode, topology="", topology_name=topology_name)
+    st.dir.mkdir(parents=True, exist_ok=True)
+    copy = st.dir / "topology.yaml"
+    shutil.copyfile(topology_file, copy)
+    st.topology = str(copy)
+    st.netns = state.netns_name(lab)
+    st.save()
+    try:
+        pr_netns.create(st.netns)
+        env = dict(os.environ, **{LAB_ENV: lab})
+        nspath = f"/run/netns/{st.netns}"
+
+        def child_setup() -> None:
+            os.setsid()
+            enter_netns_path(nspath)
+
+        with open(st.dir / "supervisor.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "labctl.supervisor", lab],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                preexec_fn=child_setup,
+                cwd="/",
+            )
+        st.supervisor_pid = proc.pid
+        last = ""
+        deadline = time.monotonic() + UP_TIMEOUT
+        while True:
+            cur = state.load(lab)
+            if cur.phase and cur.phase != last:
+                progress(cur.phase)
+                last = cur.phase
+            if cur.status == "ready":
+                return cur
+            if cur.status == "failed":
+                err = LabError(cur.error)
+                err.exit_code = cur.error_code
+                raise err
+            if proc.poll() is not None:
+                tail = (st.dir / "supervisor.log").read_text(errors="replace").strip().splitlines()
+                raise LabError(f"the lab supervisor exited ({proc.returncode}): {tail[-1] if tail else ''}")
+            if time.monotonic() > deadline:
+                raise LabError(f"lab did not become ready within {UP_TIMEOUT:.0f}s (last: {last})")
+            time.sleep(0.02)
+    except BaseException:
+        down(lab)
+        raise
+
+
+def down(lab: str, timeout: float = 5.0) -> list[str]:
+    """Remove everything of `lab`: processes (by marker), its namespace, its state.
+
+    Works from the record alone, so it also cleans up after a supervisor killed with SIGKILL.
+    Returns what was removed, for the user.
+    """
+    removed: list[str] = []
+    try:
+        st: LabState | None = state.load(lab)
+    except LabError:
+        st = None
+    if st and st.supervisor_pid and st.supervisor_pid in _lab_pids(lab):
+        # Graceful first: the supervisor stops its daemons cleanly.
+        os.kill(st.supervisor_pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(st.supervisor_pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    deadline = time.monotonic() + timeout
+    killed: set[int] = set()
+    while True:
+        pids = _lab_pids(lab)
+        if not pids:
+            break
+        killed.update(pids)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            raise LabError(f"processes of lab {lab} would not die: {pids}")
+        time.sleep(0.02)
+    if killed:
+        removed.append(f"{len(killed)} leftover process(es)")
+    netns = state.netns_name(lab)
+    if netns in pr_netns.listnetns():
+        pr_netns.remove(netns)
+        removed.append(f"namespace {netns}")
+    if state.lab_dir(lab).exists():
+        state.remove(lab)
+        removed.append(f"state {state.lab_dir(lab)}")
+    return removed
+
+
+def stale_netns() -> list[str]:
+    """Lab namespaces with no state directory (left by a crash during 'up')."""
+    labs = set(state.list_labs())
+    return [
+        n.removeprefix("labctl-")
+        for n in pr_netns.listnetns()
+        if n.startswith("labctl-") and n.removeprefix("labctl-") not in labs
+    ]

@@ -1,0 +1,274 @@
+"""Flannel: the `cni0` bridge pod model plus one backend per mode.
+
+Each backend is data (device, overhead, wire format) plus one small function that says what a
+node programs for one peer, mirroring flanneld's per-lease handlers (see
+shared/cni-dataplane-reference.md sections 4-8).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from labctl.checker import Flow, WireSpec
+from labctl.modes import Mode, register
+from labctl.plan import (
+    UNDERLAY_IF,
+    Address,
+    Fdb,
+    Link,
+    NamespacePlan,
+    Neigh,
+    Peer,
+    Plan,
+    Route,
+    base_plan,
+    cross_node_flows,
+    peers_of,
+    pod_ns_name,
+    stable_mac,
+    underlay_mac,
+)
+from labctl.render import render
+from labctl.topology import Pod, Topology
+
+BRIDGE = "cni0"
+VXLAN_DEV = "flannel.1"
+VXLAN_VNI = 1
+VXLAN_PORT = 8472  # the Linux kernel default flannel relies on, not IANA's 4789
+PRIVATE_DIRS = ["/run/flannel", "/etc/cni/net.d", "/etc/kube-flannel"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What differs between flannel backends."""
+
+    type: str  # flannel's Backend.Type
+    overhead: int
+    options: dict[str, Any] = field(default_factory=dict)  # net-conf.json Backend options
+    # Programs the tunnel device (if any) on one node.
+    device: Callable[[NamespacePlan, Topology, str, int], None] | None = None
+    # Programs what a node needs to reach one peer.
+    per_peer: Callable[[NamespacePlan, Peer], None] = lambda ns, peer: None
+    # How a packet from a pod on node A to a pod on node B crosses the wire.
+    encap_for: Callable[[Peer], dict[str, Any]] = lambda peer: {"encap": "bare"}
+    wire: tuple[WireSpec, ...] = ()
+
+
+def veth_name(pod: Pod) -> str:
+    """Host-side veth name: 'veth' + 8 hex digits, like the bridge plugin's random names."""
+    return "veth" + hashlib.sha1(f"{pod.namespace}/{pod.name}".encode()).hexdigest()[:8]
+
+
+# ---- vxlan ----
+
+def _vxlan_device(ns: NamespacePlan, topo: Topology, node: str, mtu: int) -> None:
+    lease = topo.node_pod_cidrs[node]
+    ns.links.append(
+        Link(
+            name=VXLAN_DEV,
+            kind="vxlan",
+            vni=VXLAN_VNI,
+            port=VXLAN_PORT,
+            local=str(topo.nodes[node].ip),
+            underlay=UNDERLAY_IF,
+            learning=False,
+            mtu=mtu,
+            mac=_vtep_mac(node),
+        )
+    )
+    # /32: no connected route, the address only gives host-to-pod traffic an overlay source.
+    ns.addresses.append(Address(VXLAN_DEV, f"{lease.network_address}/32"))
+
+
+def _vtep_mac(node: str) -> str:
+    return stable_mac(node, VXLAN_DEV)
+
+
+def _vxlan_peer(ns: NamespacePlan, peer: Peer) -> None:
+    gw = str(peer.pod_cidr.network_address)
+    # flanneld's order: neighbour, FDB, route, so the kernel never has to resolve anything.
+    ns.neighbours.append(Neigh(VXLAN_DEV, gw, peer.vtep_mac))
+    ns.fdb.append(Fdb(VXLAN_DEV, peer.vtep_mac, str(peer.ip)))
+    ns.routes.append(Route(dst=str(peer.pod_cidr), via=gw, dev=VXLAN_DEV, onlink=True))
+
+
+def _vxlan_direct_peer(ns: NamespacePlan, peer: Peer) -> None:
+    if peer.same_subnet:
+        # DirectRouting: a plain route, no device, no onlink, no neighbour or FDB entry.
+        ns.routes.append(Route(dst=str(peer.pod_cidr), via=str(peer.ip)))
+    else:
+        _vxlan_peer(ns, peer)
+
+
+def _vxlan_encap(peer: Peer) -> dict[str, Any]:
+    return {"encap": "vxlan", "port": VXLAN_PORT, "vni": VXLAN_VNI}
+
+
+def _vxlan_direct_encap(peer: Peer) -> dict[str, Any]:
+    if peer.same_subnet:
+        return {"encap": "bare", "next_hop_mac": underlay_mac(peer.name, UNDERLAY_IF)}
+    return _vxlan_encap(peer)
+
+
+# ---- host-gw ----
+
+def _hostgw_peer(ns: NamespacePlan, peer: Peer) -> None:
+    # No onlink: the kernel refuses a gateway that is not on a connected prefix, which is the
+    # whole lesson of host-gw across routers. flanneld logs the failure and carries on.
+    ns.routes.append(
+        Route(
+            dst=str(peer.pod_cidr),
+            via=str(peer.ip),
+            dev=UNDERLAY_IF,
+            best_effort=True,
+            why=f"host-gw needs peer {peer.name} ({peer.ip}) on the same L2 segment",
+        )
+    )
+
+
+def _hostgw_encap(peer: Peer) -> dict[str, Any]:
+    return {"encap": "bare", "next_hop_mac": underlay_mac(peer.name, UNDERLAY_IF)}
+
+
+VXLAN_WIRE = WireSpec("vxlan", VXLAN_PORT, VXLAN_VNI)
+
+BACKENDS: dict[str, Backend] = {
+    "flannel-vxlan": Backend(
+        type="vxlan",
+        overhead=50,
+        options={"Type": "vxlan", "VNI": VXLAN_VNI, "Port": VXLAN_PORT},
+        device=_vxlan_device,
+        per_peer=_vxlan_peer,
+        encap_for=_vxlan_encap,
+        wire=(VXLAN_WIRE,),
+    ),
+    "flannel-vxlan-directrouting": Backend(
+        type="vxlan",
+        overhead=50,
+        options={"Type": "vxlan", "VNI": VXLAN_VNI, "Port": VXLAN_PORT, "DirectRouting": True},
+        device=_vxlan_device,
+        per_peer=_vxlan_direct_peer,
+        encap_for=_vxlan_direct_encap,
+        wire=(VXLAN_WIRE, WireSpec("bare")),
+    ),
+    "flannel-host-gw": Backend(
+        type="host-gw",
+        overhead=0,
+        options={"Type": "host-gw"},
+        per_peer=_hostgw_peer,
+        encap_for=_hostgw_encap,
+        wire=(WireSpec("bare"),),
+    ),
+}
+
+
+def plan_flannel(topo: Topology, mode: Mode) -> Plan:
+    """Flannel's per-node state: lease files, `cni0`, pod veths, backend device and peers."""
+    backend = BACKENDS[mode.name]
+    pod_mtu = mode.pod_mtu()
+    plan = base_plan(topo, mode.name, list(mode.wire_specs), pod_mtu)
+    network = topo.cluster.podCIDR
+    peers = {node: {p.name: p for p in peers_of(topo, node, VXLAN_DEV)} for node in topo.nodes}
+    for node in topo.nodes:
+        ns = plan.namespaces[node]
+        ns.private_dirs.extend(PRIVATE_DIRS)
+        lease = topo.node_pod_cidrs[node]
+        gateway = lease.network_address + 1
+        ns.files["/run/flannel/subnet.env"] = render(
+            "subnet.env.j2",
+            network=network,
+            subnet_gateway=gateway,
+            subnet_prefixlen=lease.prefixlen,
+            mtu=pod_mtu,
+            ipmasq=True,
+        )
+        ns.files["/etc/cni/net.d/10-flannel.conflist"] = render("10-flannel.conflist.j2")
+        ns.files["/etc/kube-flannel/net-conf.json"] = render(
+            "net-conf.json.j2", network=network, backend=backend.options
+        )
+        if backend.device is not None:
+            backend.device(ns, topo, node, pod_mtu)
+        # The bridge plugin: cni0 with the gateway .1 of the lease, at the flannel MTU.
+        ns.links.append(Link(name=BRIDGE, kind="bridge", mtu=pod_mtu, mac=underlay_mac(node, BRIDGE)))
+        ns.addresses.append(Address(BRIDGE, f"{gateway}/{lease.prefixlen}"))
+        for pod in topo.pods_on(node):
+            _plan_pod(plan, ns, pod, topo, pod_mtu, str(gateway))
+        for peer in peers[node].values():
+            backend.per_peer(ns, peer)
+
+    def flow_for(src: Pod, dst: Pod) -> Flow:
+        dst_peer = peers[src.node][dst.node]
+        return Flow(
+            src_pod=src.key,
+            dst_pod=dst.key,
+            src_pod_ip=str(topo.pod_ips[src.key]),
+            dst_pod_ip=str(topo.pod_ips[dst.key]),
+            src_node=src.node,
+            dst_node=dst.node,
+            src_node_ip=str(topo.nodes[src.node].ip),
+            dst_node_ip=str(topo.nodes[dst.node].ip),
+            **backend.encap_for(dst_peer),
+        )
+
+    plan.flows = cross_node_flows(topo, flow_for)
+    return plan
+
+
+def _plan_pod(
+    plan: Plan, node_ns: NamespacePlan, pod: Pod, topo: Topology, mtu: int, gateway: str
+) -> None:
+    key = pod_ns_name(pod.namespace, pod.name)
+    lease = topo.node_pod_cidrs[pod.node]
+    node_ns.links.append(
+        Link(
+            name=veth_name(pod),
+            kind="veth",
+            mtu=mtu,
+            master=BRIDGE,
+            hairpin=True,
+            peer_ns=key,
+            peer_name="eth0",
+            peer_mtu=mtu,
+            peer_mac=underlay_mac(key, "eth0"),
+        )
+    )
+    pod_ns = plan.namespaces[key]
+    pod_ns.addresses.append(Address("eth0", f"{topo.pod_ips[pod.key]}/{lease.prefixlen}"))
+    # isDefaultGateway plus the IPAM route for the whole flannel network.
+    pod_ns.routes.append(Route(dst="default", via=gateway, dev="eth0"))
+    pod_ns.routes.append(Route(dst=str(topo.cluster.podCIDR), via=gateway, dev="eth0"))
+
+
+def _mode(name: str, summary: str, wire: str) -> Mode:
+    return Mode(
+        name=name,
+        cni="flannel",
+        summary=summary,
+        wire=wire,
+        overhead=BACKENDS[name].overhead,
+        enforces_policy=False,
+        planner=plan_flannel,
+        wire_specs=BACKENDS[name].wire,
+    )
+
+
+register(
+    _mode(
+        "flannel-vxlan",
+        "cni0 bridge; flannel.1 VXLAN VNI 1 port 8472; per-peer neigh + fdb + onlink route",
+        "UDP 8472, VXLAN VNI 1, outer node IPs, inner pod IPs",
+    ),
+    _mode(
+        "flannel-vxlan-directrouting",
+        "as flannel-vxlan; peers on the same subnet get a plain route via their node IP",
+        "same subnet: bare pod IPs; across routers: UDP 8472 VXLAN VNI 1",
+    ),
+    _mode(
+        "flannel-host-gw",
+        "cni0 bridge; one route per peer subnet via the peer node IP (needs one L2 segment)",
+        "bare pod IPs, L2 destination = peer node MAC",
+    ),
+)

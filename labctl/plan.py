@@ -1,0 +1,231 @@
+"""The planner: topology + mode in, the desired kernel state of every namespace out.
+
+Pure functions and plain data: no root, no kernel, no randomness (MACs are derived from
+names), so every route, neighbour and FDB entry a mode would program is unit-testable.
+The engine applies a Plan; verify reads the Plan's expectations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, Literal
+
+from labctl.checker import Flow, WireSpec
+from labctl.topology import Topology
+
+Role = Literal["node", "pod", "router"]
+
+UNDERLAY_IF = "eth0"
+
+
+def stable_mac(*parts: str) -> str:
+    """A locally administered unicast MAC derived from names, so plans are reproducible."""
+    digest = hashlib.sha1("/".join(parts).encode()).digest()
+    return "0e:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
+@dataclass
+class Link:
+    """A device the engine creates (Mininet already made the underlay veths)."""
+
+    name: str
+    kind: Literal["bridge", "vxlan", "veth", "tun", "ipip"]
+    mtu: int | None = None
+    mac: str | None = None
+    master: str | None = None
+    # veth: the peer end, created straight in the peer namespace.
+    peer_ns: str | None = None
+    peer_name: str | None = None
+    peer_mac: str | None = None
+    peer_mtu: int | None = None
+    # vxlan
+    vni: int | None = None
+    port: int | None = None
+    local: str | None = None
+    underlay: str | None = None
+    learning: bool = False
+    # bridge: hairpin on enslaved ports is set per port
+    hairpin: bool = False
+
+
+@dataclass
+class Address:
+    dev: str
+    cidr: str  # "10.244.1.1/24"
+
+
+@dataclass
+class Route:
+    dst: str  # "10.244.2.0/24" or "default"
+    via: str | None = None
+    dev: str | None = None
+    onlink: bool = False
+    scope: Literal["link", "global"] | None = None
+    type: Literal["unicast", "blackhole"] = "unicast"
+    # flanneld logs a rejected route and carries on (host-gw off-link peers): so do we.
+    best_effort: bool = False
+    why: str = ""
+
+
+@dataclass
+class Neigh:
+    dev: str
+    ip: str
+    mac: str
+
+
+@dataclass
+class Fdb:
+    dev: str
+    mac: str
+    dst: str
+
+
+@dataclass
+class Daemon:
+    """A long-running process the supervisor starts in the namespace and restarts if it dies."""
+
+    kind: str  # key into labctl.daemons registry
+    config: dict[str, Any]
+
+
+@dataclass
+class NamespacePlan:
+    """Everything one namespace (node, pod or router) should hold."""
+
+    name: str
+    role: Role
+    node: str | None = None  # for pods: the node they run on
+    links: list[Link] = field(default_factory=list)
+    addresses: list[Address] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+    neighbours: list[Neigh] = field(default_factory=list)
+    fdb: list[Fdb] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    daemons: list[Daemon] = field(default_factory=list)
+    private_dirs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Attachment:
+    """An underlay port: namespace `ns` interface `ifname` plugged into segment `segment`."""
+
+    ns: str
+    ifname: str
+    segment: str
+    mac: str
+
+
+@dataclass
+class Plan:
+    """Desired state of a whole lab for one mode."""
+
+    mode: str
+    topology: str
+    namespaces: dict[str, NamespacePlan]
+    attachments: list[Attachment]
+    flows: list[Flow]
+    wire: list[WireSpec]
+    pod_mtu: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (for `status -o json` and debugging)."""
+        return asdict(self)
+
+    def node_ns(self) -> list[NamespacePlan]:
+        return [n for n in self.namespaces.values() if n.role == "node"]
+
+
+def pod_ns_name(ns: str, pod: str) -> str:
+    """Namespace key of a pod inside the lab (`ns/pod` is the user-facing name)."""
+    return f"{ns}/{pod}"
+
+
+@dataclass
+class Peer:
+    """A remote node as a node's CNI agent sees it (flannel lease / calico node resource)."""
+
+    name: str
+    ip: IPv4Address
+    pod_cidr: IPv4Network
+    vtep_mac: str
+    same_subnet: bool  # directly connected: `ip route get` shows no gateway
+
+
+def peers_of(topo: Topology, node: str, vtep_dev: str) -> list[Peer]:
+    """All other nodes, with what a node's agent would learn about them."""
+    me = topo.nodes[node]
+    out = []
+    for name, other in topo.nodes.items():
+        if name == node:
+            continue
+        out.append(
+            Peer(
+                name=name,
+                ip=other.ip,
+                pod_cidr=topo.node_pod_cidrs[name],
+                vtep_mac=stable_mac(name, vtep_dev),
+                same_subnet=other.segment == me.segment,
+            )
+        )
+    return out
+
+
+def underlay_mac(ns: str, ifname: str) -> str:
+    """MAC of an underlay interface; fixed so host-gw's next-hop MAC can be checked."""
+    return stable_mac(ns, ifname)
+
+
+def base_plan(topo: Topology, mode: str, wire: list[WireSpec], pod_mtu: int) -> Plan:
+    """The mode-independent part: underlay wiring, node and router addressing, gateways."""
+    namespaces: dict[str, NamespacePlan] = {}
+    attachments: list[Attachment] = []
+    for rname, router in topo.routers.items():
+        rp = NamespacePlan(name=rname, role="router", sysctls={"net.ipv4.ip_forward": "1"})
+        for i, (seg, ip) in enumerate(router.interfaces.items()):
+            ifname = f"eth{i}"
+            mac = underlay_mac(rname, ifname)
+            attachments.append(Attachment(rname, ifname, seg, mac))
+            rp.addresses.append(
+                Address(ifname, f"{ip}/{topo.segments[seg].cidr.prefixlen}")
+            )
+        for route in router.routes:
+            rp.routes.append(Route(dst=str(route.to), via=str(route.via)))
+        namespaces[rname] = rp
+    for nname, node in topo.nodes.items():
+        seg = topo.segments[node.segment]
+        np_ = NamespacePlan(name=nname, role="node", sysctls={"net.ipv4.ip_forward": "1"})
+        mac = underlay_mac(nname, UNDERLAY_IF)
+        attachments.append(Attachment(nname, UNDERLAY_IF, node.segment, mac))
+        np_.addresses.append(Address(UNDERLAY_IF, f"{node.ip}/{seg.cidr.prefixlen}"))
+        gw = topo.node_gateway(nname)
+        if gw is not None:
+            np_.routes.append(Route(dst="default", via=str(gw), dev=UNDERLAY_IF))
+        namespaces[nname] = np_
+    for pod in topo.pods:
+        key = pod_ns_name(pod.namespace, pod.name)
+        namespaces[key] = NamespacePlan(name=key, role="pod", node=pod.node)
+    return Plan(
+        mode=mode,
+        topology=topo.name,
+        namespaces=namespaces,
+        attachments=attachments,
+        flows=[],
+        wire=wire,
+        pod_mtu=pod_mtu,
+    )
+
+
+def cross_node_flows(topo: Topology, flow_for: Any) -> list[Flow]:
+    """One Flow per ordered pod pair on different nodes, shaped by `flow_for(src, dst)`."""
+    flows = []
+    for src in topo.pods:
+        for dst in topo.pods:
+            if src.node == dst.node:
+                continue
+            flows.append(flow_for(src, dst))
+    return flows

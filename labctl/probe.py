@@ -1,0 +1,163 @@
+"""Pod-to-pod probes from one process: sockets are opened inside each source pod's namespace
+and driven together from one selector, so a 200-pod matrix needs no per-pod processes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import selectors
+import socket
+import time
+from dataclasses import dataclass
+
+from labctl.nsutil import in_netns
+from labctl.topology import Pod, Topology
+
+BATCH = 400
+
+
+@dataclass
+class Result:
+    src: str
+    dst: str
+    ok: bool
+    detail: str  # "ok" or why not (refused, timeout, unreachable, wrong pod answered)
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < min(hard, 4 * BATCH):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * BATCH), hard))
+
+
+def default_port(pod: Pod, protocol: str) -> int:
+    """The first declared port of that protocol (80 if none)."""
+    for p in pod.ports:
+        if p.protocol == protocol.upper():
+            return p.containerPort
+    return 80
+
+
+def probe(
+    topo: Topology,
+    pids: dict[str, int],
+    protocol: str = "tcp",
+    port: int | None = None,
+    timeout: float = 2.0,
+) -> list[Result]:
+    """Probe every ordered pod pair (pods never probe themselves)."""
+    _raise_fd_limit()
+    pairs = [(s, d) for s in topo.pods for d in topo.pods if s.key != d.key]
+    out: list[Result] = []
+    for i in range(0, len(pairs), BATCH):
+        chunk = pairs[i : i + BATCH]
+        run = _tcp_batch if protocol == "tcp" else _udp_batch
+        out += run(topo, pids, chunk, port, timeout)
+    return out
+
+
+def _target(topo: Topology, dst: Pod, port: int | None, protocol: str) -> tuple[str, int]:
+    return str(topo.pod_ips[dst.key]), port or default_port(dst, protocol)
+
+
+def _tcp_batch(
+    topo: Topology, pids: dict[str, int], pairs: list[tuple[Pod, Pod]], port: int | None, timeout: float
+) -> list[Result]:
+    sel = selectors.DefaultSelector()
+    results: dict[int, Result] = {}
+    by_src: dict[str, list[tuple[int, Pod, Pod]]] = {}
+    for n, (s, d) in enumerate(pairs):
+        by_src.setdefault(s.key, []).append((n, s, d))
+    socks: dict[int, socket.socket] = {}
+    for src_key, items in by_src.items():
+        with in_netns(pids[src_key]):
+            for n, s, d in items:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                code = sock.connect_ex(_target(topo, d, port, "tcp"))
+                if code not in (0, errno.EINPROGRESS):
+                    results[n] = Result(s.key, d.key, False, os.strerror(code))
+                    sock.close()
+                    continue
+                socks[n] = sock
+                sel.register(sock, selectors.EVENT_READ, n)
+    deadline = time.monotonic() + timeout
+    while socks and time.monotonic() < deadline:
+        for key, _ in sel.select(max(0.0, deadline - time.monotonic())):
+            n = key.data
+            sock = socks.pop(n)
+            sel.unregister(sock)
+            s, d = pairs[n]
+            try:
+                data = sock.recv(256)
+                err = 0
+            except OSError as e:
+                data, err = b"", e.errno or 0
+            sock.close()
+            results[n] = _judge(s, d, data, err)
+    for n, sock in socks.items():
+        sock.close()
+        results[n] = Result(pairs[n][0].key, pairs[n][1].key, False, "timeout")
+    sel.close()
+    return [results[n] for n in range(len(pairs))]
+
+
+def _judge(s: Pod, d: Pod, data: bytes, err: int) -> Result:
+    if err:
+        return Result(s.key, d.key, False, os.strerror(err))
+    answer = data.decode(errors="replace").strip()
+    if answer == d.key:
+        return Result(s.key, d.key, True, "ok")
+    if not answer:
+        return Result(s.key, d.key, False, "connection closed without an answer")
+    return Result(s.key, d.key, False, f"answered by {answer}, not {d.key}")
+
+
+def _udp_batch(
+    topo: Topology, pids: dict[str, int], pairs: list[tuple[Pod, Pod]], port: int | None, timeout: float
+) -> list[Result]:
+    sel = selectors.DefaultSelector()
+    socks: dict[int, tuple[socket.socket, tuple[str, int]]] = {}
+    results: dict[int, Result] = {}
+    for n, (s, d) in enumerate(pairs):
+        with in_netns(pids[s.key]):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            # connect() so ICMP port/host unreachable comes back as an error on this socket.
+            addr = _target(topo, d, port, "udp")
+            sock.connect(addr)
+        socks[n] = (sock, addr)
+        sel.register(sock, selectors.EVENT_READ, n)
+    deadline = time.monotonic() + timeout
+    # UDP may lose the first datagram to neighbour resolution: resend a few times.
+    resend_every = timeout / 4
+    next_send = 0.0
+    while socks and time.monotonic() < deadline:
+        now = time.monotonic()
+        if now >= next_send:
+            for sock, _ in socks.values():
+                try:
+                    sock.send(b"probe")
+                except OSError:
+                    pass  # the error is reported by recv below
+            next_send = now + resend_every
+        for key, _ in sel.select(max(0.0, min(next_send, deadline) - time.monotonic())):
+            n = key.data
+            sock, _ = socks[n]
+            s, d = pairs[n]
+            try:
+                data, err = sock.recv(256), 0
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                data, err = b"", e.errno or 0
+            socks.pop(n)
+            sel.unregister(sock)
+            sock.close()
+            results[n] = _judge(s, d, data, err)
+    for n, (sock, _) in socks.items():
+        sock.close()
+        results[n] = Result(pairs[n][0].key, pairs[n][1].key, False, "timeout (no UDP answer)")
+    sel.close()
+    return [results[n] for n in range(len(pairs))]

@@ -1,0 +1,130 @@
+"""Per-lab state: one directory per lab recording everything the lab created, so any later
+`labctl` call finds the lab and `down` removes exactly it, even after a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_ROOT = Path(os.environ.get("LABCTL_STATE_DIR", "/run/labctl"))
+LAB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,22}[a-z0-9])?$")
+# Every process a lab starts carries this in its environment: that, not a PID or a namespace
+# inode (both reused by the kernel), is how `down` recognises the lab's processes.
+LAB_ENV = "LABCTL_LAB"
+
+
+class LabError(Exception):
+    """A lab-level problem for the user (no such lab, ambiguous lab, already up)."""
+
+    exit_code = 2
+
+
+def check_lab_name(name: str) -> str:
+    """Lab names end up in namespace names and paths: keep them short DNS-1123 labels."""
+    if not LAB_NAME.match(name):
+        raise LabError(
+            f"--name {name!r}: use 1-24 lowercase letters, digits or '-', "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+def netns_name(lab: str) -> str:
+    """The named network namespace that holds a lab's switches and its supervisor."""
+    return f"labctl-{lab}"
+
+
+@dataclass
+class NsRecord:
+    pid: int
+    role: str
+    node: str | None = None
+
+
+@dataclass
+class LabState:
+    """What `labctl` knows about one lab; saved as state.json in the lab's directory."""
+
+    lab: str
+    mode: str
+    topology: str  # path of the topology copy in the state dir
+    topology_name: str = ""
+    status: str = "starting"  # starting | ready | failed | stopping
+    phase: str = ""
+    error: str = ""
+    error_code: int = 1
+    supervisor_pid: int = 0
+    netns: str = ""
+    namespaces: dict[str, NsRecord] = field(default_factory=dict)
+    processes: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+    ready_after: float = 0.0
+
+    @property
+    def dir(self) -> Path:
+        return lab_dir(self.lab)
+
+    def save(self) -> None:
+        """Write atomically, so a reader never sees half a file."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".state.json.{os.getpid()}"
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(tmp, self.dir / "state.json")
+
+    def pid_of(self, target: str) -> int:
+        """PID whose namespaces are those of a node, router or `ns/pod`."""
+        rec = self.namespaces.get(target)
+        if rec is None:
+            pods = [k for k in self.namespaces if "/" in k and k.split("/", 1)[1] == target]
+            if len(pods) == 1:
+                rec = self.namespaces[pods[0]]
+        if rec is None:
+            known = ", ".join(sorted(self.namespaces)[:12])
+            raise LabError(f"{target!r} is not a node, router or NS/POD of lab {self.lab} ({known}, ...)")
+        return rec.pid
+
+
+def lab_dir(lab: str) -> Path:
+    return STATE_ROOT / lab
+
+
+def load(lab: str) -> LabState:
+    """The recorded state of `lab`; LabError if there is none."""
+    path = lab_dir(lab) / "state.json"
+    try:
+        raw: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LabError(f"no lab named {lab!r} is up (see 'labctl status')") from None
+    raw["namespaces"] = {k: NsRecord(**v) for k, v in raw.get("namespaces", {}).items()}
+    return LabState(**raw)
+
+
+def list_labs() -> list[str]:
+    """Names of labs with a state directory (up, starting or left behind by a crash)."""
+    if not STATE_ROOT.is_dir():
+        return []
+    return sorted(p.name for p in STATE_ROOT.iterdir() if (p / "state.json").exists())
+
+
+def resolve(name: str | None) -> str:
+    """The lab a command means: the named one, else the only one that is up."""
+    if name:
+        return check_lab_name(name)
+    labs = list_labs()
+    if len(labs) == 1:
+        return labs[0]
+    if not labs:
+        raise LabError("no lab is up; start one with 'labctl up MODE'")
+    raise LabError(f"several labs are up ({', '.join(labs)}); pick one with -n NAME")
+
+
+def remove(lab: str) -> None:
+    shutil.rmtree(lab_dir(lab), ignore_errors=True)

@@ -1,0 +1,90 @@
+"""The lab's holder process: `python -m labctl.supervisor LAB`.
+
+Namespaces made by Mininet live only as long as their shells, which live only as long as the
+process that started them. So one supervisor per lab builds the lab, then stays: it keeps the
+shells, serves the pods' ports and restarts the lab's daemons. It runs inside the lab's
+private namespace and reports progress through the lab's state file.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+import traceback
+from types import FrameType
+
+from labctl import daemons, engine, state, wiring
+from labctl.listeners import PodServers
+from labctl.modes import get_mode
+from labctl.topology import load_topology
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+def run(lab: str) -> int:
+    """Build the lab, mark it ready, then hold it until SIGTERM."""
+    st = state.load(lab)
+    st.supervisor_pid = __import__("os").getpid()
+    started = time.monotonic()
+
+    def phase(text: str) -> None:
+        st.phase = text
+        st.save()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    servers = PodServers()
+    group = daemons.Group(lab)
+    try:
+        topo = load_topology(st.topology)
+        plan = get_mode(st.mode).plan(topo)
+        phase("creating namespaces")
+        pids: dict[str, int] = {}
+
+        def record(name: str, pid: int) -> None:
+            pids[name] = pid
+            ns = plan.namespaces[name]
+            st.namespaces[name] = state.NsRecord(pid=pid, role=ns.role, node=ns.node)
+
+        _net = wiring.build(plan, record, phase)  # noqa: F841 - holds the node shells
+        st.save()
+        phase("programming the dataplane")
+        st.warnings = engine.apply(plan, pids, phase)
+        st.notes = list(plan.notes)
+        phase("starting pod servers and daemons")
+        servers.open(topo, pids)
+        group.start(plan, pids, st)
+        st.status = "ready"
+        st.phase = ""
+        st.ready_after = round(time.monotonic() - started, 3)
+        st.save()
+        while True:
+            servers.serve(0.5)
+            if group.check(st):
+                st.save()
+    except _Stop:
+        st.status = "stopping"
+        st.save()
+        return 0
+    except Exception as e:
+        traceback.print_exc()
+        st.status = "failed"
+        st.error = str(e) or type(e).__name__
+        st.error_code = getattr(e, "exit_code", 1)
+        st.save()
+        return 1
+    finally:
+        group.stop()
+        servers.close()
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1]))

@@ -1,0 +1,415 @@
+"""The topology model: YAML in, validated typed objects out.
+
+Validation happens here, once, so that everything downstream (planner, engine, verify) can
+trust names, addresses and references. Errors are one line: file, field, what is wrong and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from functools import cached_property
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Label keys/values as Kubernetes allows them (optional DNS prefix on keys).
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
+LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+
+TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"
+
+
+class TopologyError(ValueError):
+    """A topology that cannot be built; the message is one line naming file and field."""
+
+
+def _check_name(value: str, what: str) -> str:
+    if not DNS1123_LABEL.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not a DNS-1123 label "
+            "(use lowercase letters, digits and '-', at most 63, starting and ending alphanumeric)"
+        )
+    return value
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        if not LABEL_KEY.match(key):
+            raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")
+        if not isinstance(value, str) or not LABEL_VALUE.match(value):
+            raise ValueError(f"label {key}={value!r}: value must be a Kubernetes label value")
+    return labels
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos more often than not: reject them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Cluster(_Strict):
+    podCIDR: IPv4Network = IPv4Network("10.244.0.0/16")
+    nodeCIDRSize: Annotated[int, Field(ge=8, le=28)] = 24
+
+
+class Segment(_Strict):
+    cidr: IPv4Network
+    mtu: Annotated[int, Field(ge=1280, le=9000)] = 1500
+
+
+class StaticRoute(_Strict):
+    to: IPv4Network
+    via: IPv4Address
+
+
+class Router(_Strict):
+    interfaces: dict[str, IPv4Address]
+    asn: Annotated[int, Field(ge=1, le=4294967295)] | None = None
+    routes: list[StaticRoute] = []
+
+    @field_validator("interfaces")
+    @classmethod
+    def _non_empty(cls, v: dict[str, IPv4Address]) -> dict[str, IPv4Address]:
+        if not v:
+            raise ValueError("a router needs at least one interface (segment: address)")
+        return v
+
+
+class Node(_Strict):
+    segment: str
+    ip: IPv4Address
+    podCIDR: IPv4Network | None = None
+    gateway: IPv4Address | None = None
+
+
+class Bgp(_Strict):
+    asn: Annotated[int, Field(ge=1, le=4294967295)] = 64512
+    routeReflectors: list[str] = []
+
+
+class Namespace(_Strict):
+    labels: dict[str, str] = {}
+
+    _labels = field_validator("labels")(classmethod(lambda cls, v: _check_labels(v)))
+
+
+class PodPort(_Strict):
+    name: str | None = None
+    containerPort: Annotated[int, Field(ge=1, le=65535)]
+    protocol: Literal["TCP", "UDP"] = "TCP"
+
+
+DEFAULT_PORTS = (
+    PodPort(name="http", containerPort=80, protocol="TCP"),
+    PodPort(name="http-udp", containerPort=80, protocol="UDP"),
+)
+
+
+class Pod(_Strict):
+    name: str
+    namespace: str = "default"
+    node: str
+    labels: dict[str, str] = {}
+    ports: list[PodPort] = Field(default_factory=lambda: list(DEFAULT_PORTS))
+
+    _labels = field_validator("labels")(classmethod(lambda cls, v: _check_labels(v)))
+
+    @field_validator("name", "namespace")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        return _check_name(v, "name")
+
+    @property
+    def key(self) -> str:
+        """The pod's `namespace/name`, as kubectl and the probe matrix name it."""
+        return f"{self.namespace}/{self.name}"
+
+
+class Topology(_Strict):
+    """A validated lab topology. Derived addressing is computed once and cached."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+    name: str
+    description: str = ""
+    cluster: Cluster = Cluster()
+    segments: dict[str, Segment]
+    routers: dict[str, Router] = {}
+    nodes: dict[str, Node]
+    bgp: Bgp = Bgp()
+    namespaces: dict[str, Namespace] = {}
+    pods: list[Pod] = []
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v, "name")
+
+    @field_validator("segments", "routers", "nodes", "namespaces")
+    @classmethod
+    def _keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            _check_name(key, "name")
+        return v
+
+    @field_validator("nodes")
+    @classmethod
+    def _some_nodes(cls, v: dict[str, Node]) -> dict[str, Node]:
+        if not v:
+            raise ValueError("a topology needs at least one node")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Topology:
+        seen_ips: dict[IPv4Address, str] = {}
+        seen_names: dict[str, str] = {}
+
+        def claim_name(name: str, where: str) -> None:
+            if name in seen_names:
+                raise ValueError(f"{where}: name {name!r} is already used by {seen_names[name]}")
+            seen_names[name] = where
+
+        def claim_ip(ip: IPv4Address, where: str) -> None:
+            if ip in seen_ips:
+                raise ValueError(f"{where}: address {ip} is already used by {seen_ips[ip]}")
+            seen_ips[ip] = where
+
+        segs = list(self.segments.items())
+        for i, (sname, seg) in enumerate(segs):
+            claim_name(sname, f"segments.{sname}")
+            if seg.cidr.prefixlen > 30:
+                raise ValueError(f"segments.{sname}.cidr: {seg.cidr} is too small; use /30 or larger")
+            for oname, other in segs[:i]:
+                if seg.cidr.overlaps(other.cidr):
+                    raise ValueError(
+                        f"segments.{sname}.cidr: {seg.cidr} overlaps segments.{oname} ({other.cidr})"
+                    )
+            if seg.cidr.overlaps(self.cluster.podCIDR):
+                raise ValueError(
+                    f"segments.{sname}.cidr: {seg.cidr} overlaps cluster.podCIDR "
+                    f"{self.cluster.podCIDR}; pick disjoint ranges"
+                )
+
+        for rname, router in self.routers.items():
+            claim_name(rname, f"routers.{rname}")
+            for sname, ip in router.interfaces.items():
+                where = f"routers.{rname}.interfaces.{sname}"
+                self._check_on_segment(sname, ip, where)
+                claim_ip(ip, where)
+            for i, route in enumerate(router.routes):
+                where = f"routers.{rname}.routes[{i}].via"
+                if not any(route.via in self.segments[s].cidr for s in router.interfaces):
+                    raise ValueError(f"{where}: {route.via} is not on any of the router's segments")
+
+        for nname, node in self.nodes.items():
+            claim_name(nname, f"nodes.{nname}")
+            self._check_on_segment(node.segment, node.ip, f"nodes.{nname}.ip")
+            claim_ip(node.ip, f"nodes.{nname}.ip")
+            if node.gateway is not None and node.gateway not in self.segments[node.segment].cidr:
+                raise ValueError(
+                    f"nodes.{nname}.gateway: {node.gateway} is not in segment "
+                    f"{node.segment} ({self.segments[node.segment].cidr})"
+                )
+            if node.podCIDR is not None:
+                if not node.podCIDR.subnet_of(self.cluster.podCIDR):
+                    raise ValueError(
+                        f"nodes.{nname}.podCIDR: {node.podCIDR} does not fit in cluster.podCIDR "
+                        f"{self.cluster.podCIDR}"
+                    )
+                if node.podCIDR.prefixlen > 28:
+                    raise ValueError(f"nodes.{nname}.podCIDR: {node.podCIDR} is too small; use /28 or larger")
+
+        explicit = [(n, x.podCIDR) for n, x in self.nodes.items() if x.podCIDR is not None]
+        for i, (n, cidr) in enumerate(explicit):
+            for m, other in explicit[:i]:
+                assert cidr is not None and other is not None
+                if cidr.overlaps(other):
+                    raise ValueError(f"nodes.{n}.podCIDR: {cidr} overlaps nodes.{m}.podCIDR ({other})")
+
+        for i, rr in enumerate(self.bgp.routeReflectors):
+            if rr not in self.nodes:
+                raise ValueError(
+                    f"bgp.routeReflectors[{i}]: unknown node {rr!r}; known nodes: "
+                    + ", ".join(self.nodes)
+                )
+
+        pod_keys: set[str] = set()
+        for i, pod in enumerate(self.pods):
+            where = f"pods[{i}]"
+            if pod.node not in self.nodes:
+                raise ValueError(
+                    f"{where}.node: unknown node {pod.node!r}; known nodes: " + ", ".join(self.nodes)
+                )
+            if pod.namespace != "default" and pod.namespace not in self.namespaces:
+                raise ValueError(
+                    f"{where}.namespace: unknown namespace {pod.namespace!r}; declare it under "
+                    "namespaces:"
+                )
+            if pod.key in pod_keys:
+                raise ValueError(f"{where}.name: duplicate pod {pod.key}")
+            pod_keys.add(pod.key)
+            ports = set()
+            for j, port in enumerate(pod.ports):
+                if (port.containerPort, port.protocol) in ports:
+                    raise ValueError(f"{where}.ports[{j}]: duplicate {port.protocol} port {port.containerPort}")
+                ports.add((port.containerPort, port.protocol))
+        return self
+
+    def _check_on_segment(self, sname: str, ip: IPv4Address, where: str) -> None:
+        if sname not in self.segments:
+            raise ValueError(
+                f"{where}: unknown segment {sname!r}; known segments: " + ", ".join(self.segments)
+            )
+        cidr = self.segments[sname].cidr
+        if ip not in cidr or ip in (cidr.network_address, cidr.broadcast_address):
+            raise ValueError(f"{where}: {ip} is not a host address of segment {sname} ({cidr})")
+
+    # ---- derived addressing (IPAM): computed once, after validation ----
+
+    @cached_property
+    def node_pod_cidrs(self) -> dict[str, IPv4Network]:
+        """Each node's pod CIDR: explicit ones kept, the rest allocated in order.
+
+        Allocation starts at the first subnet of the cluster CIDR, as kube-controller-manager's
+        range allocator does (flannel's own etcd allocator would skip it; kube mode does not).
+        """
+        size = self.cluster.nodeCIDRSize
+        taken = [n.podCIDR for n in self.nodes.values() if n.podCIDR is not None]
+        free: Iterator[IPv4Network] = (
+            s
+            for s in self.cluster.podCIDR.subnets(new_prefix=size)
+            if not any(s.overlaps(t) for t in taken)
+        )
+        out: dict[str, IPv4Network] = {}
+        for name, node in self.nodes.items():
+            if node.podCIDR is not None:
+                out[name] = node.podCIDR
+                continue
+            nxt = next(free, None)
+            if nxt is None:
+                raise TopologyError(
+                    f"nodes.{name}.podCIDR: cluster.podCIDR {self.cluster.podCIDR} has no free "
+                    f"/{size} left; widen cluster.podCIDR or lower nodeCIDRSize"
+                )
+            out[name] = nxt
+        return out
+
+    @cached_property
+    def pod_ips(self) -> dict[str, IPv4Address]:
+        """Pod IPs keyed `ns/name`: .2, .3, ... of the node's pod CIDR, in file order
+        (host-local IPAM hands out addresses after the .1 gateway)."""
+        out: dict[str, IPv4Address] = {}
+        used: dict[str, int] = {}
+        for pod in self.pods:
+            cidr = self.node_pod_cidrs[pod.node]
+            idx = used.get(pod.node, 0)
+            addr = cidr.network_address + 2 + idx
+            if addr >= cidr.broadcast_address:
+                raise TopologyError(
+                    f"pods: node {pod.node} has more pods than its pod CIDR {cidr} can address"
+                )
+            used[pod.node] = idx + 1
+            out[pod.key] = addr
+        return out
+
+    def node_gateway(self, name: str) -> IPv4Address | None:
+        """The node's default gateway: explicit, else the router interface on its segment."""
+        node = self.nodes[name]
+        if node.gateway is not None:
+            return node.gateway
+        for router in self.routers.values():
+            ip = router.interfaces.get(node.segment)
+            if ip is not None:
+                return ip
+        return None
+
+    def pods_on(self, node: str) -> list[Pod]:
+        """Pods scheduled on `node`, in file order."""
+        return [p for p in self.pods if p.node == node]
+
+    def namespace_labels(self, ns: str) -> dict[str, str]:
+        """A namespace's labels plus the automatic `kubernetes.io/metadata.name`."""
+        labels = dict(self.namespaces[ns].labels) if ns in self.namespaces else {}
+        labels["kubernetes.io/metadata.name"] = ns
+        return labels
+
+
+def _loc(err: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for p in err.get("loc", ()):
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts)
+
+
+def _explain(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see topologies/default.yaml for the format)"
+    if kind == "missing":
+        return "required field is missing"
+    msg = str(err.get("msg", "invalid value"))
+    return msg.removeprefix("Value error, ")
+
+
+def resolve_path(ref: str | Path) -> Path:
+    """A topology file path, or a bare name of one shipped in `topologies/`."""
+    p = Path(ref)
+    if p.exists():
+        return p
+    shipped = TOPOLOGY_DIR / f"{ref}.yaml"
+    if re.fullmatch(r"[a-z0-9-]+", str(ref)) and shipped.exists():
+        return shipped
+    names = ", ".join(sorted(x.stem for x in TOPOLOGY_DIR.glob("*.yaml")))
+    raise TopologyError(f"{ref}: no such topology file; shipped topologies: {names}")
+
+
+def load_topology(ref: str | Path) -> Topology:
+    """Load and validate a topology; raise TopologyError with one precise line on bad input."""
+    path = resolve_path(ref)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise TopologyError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    except OSError as e:
+        raise TopologyError(f"{path}: cannot read ({e.strerror})") from None
+    return parse_topology(data, str(path))
+
+
+def parse_topology(data: Any, source: str = "<topology>") -> Topology:
+    """Validate already-parsed YAML data (see load_topology)."""
+    if not isinstance(data, dict):
+        raise TopologyError(f"{source}: the top level must be a mapping with name, segments, nodes")
+    try:
+        topo = Topology.model_validate(data)
+        # Touch derived addressing so exhaustion errors surface at load time.
+        _ = topo.node_pod_cidrs, topo.pod_ips
+        _check_pod_cidrs_disjoint(topo, source)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = _loc(dict(err))
+        raise TopologyError(f"{source}: {loc + ': ' if loc else ''}{_explain(dict(err))}") from None
+    except TopologyError as e:
+        msg = str(e)
+        raise TopologyError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+    return topo
+
+
+def _check_pod_cidrs_disjoint(topo: Topology, source: str) -> None:
+    cidrs = list(topo.node_pod_cidrs.items())
+    for i, (n, c) in enumerate(cidrs):
+        for m, d in cidrs[:i]:
+            if c.overlaps(d):
+                raise TopologyError(f"{source}: nodes.{n}.podCIDR: {c} overlaps nodes.{m} ({d})")

@@ -1,0 +1,177 @@
+"""verify: probe every pod pair while capturing every node's underlay, then prove from the
+pcaps (Scapy, labctl.checker) that each pair crossed the wire the way the mode says, that
+nothing else did, and that the pod MTU is exactly right."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+from labctl import checker, state
+from labctl.capture import CAPTURE_ROOT, Capture
+from labctl.checker import CheckResult, Flow
+from labctl.modes import get_mode
+from labctl.nsutil import nsenter_argv
+from labctl.plan import UNDERLAY_IF, Plan
+from labctl.probe import Result, probe
+from labctl.topology import Topology, load_topology
+
+
+@dataclass
+class Report:
+    lab: str
+    mode: str
+    passed: bool = True
+    checks: list[CheckResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, result: CheckResult) -> None:
+        self.checks.append(result)
+        self.passed = self.passed and result.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _why_unreachable(src_node: str, dst_node: str, topo: Topology, warnings: list[str]) -> str:
+    """The lab's own record of why a node cannot reach a peer's pods, if it has one."""
+    cidr = str(topo.node_pod_cidrs[dst_node])
+    for w in warnings:
+        if w.startswith(f"{src_node}:") and cidr in w:
+            return w
+    return ""
+
+
+def connectivity_checks(
+    results: list[Result], topo: Topology, warnings: list[str]
+) -> list[CheckResult]:
+    """One check per ordered node pair (pods on the same node count as that node's pair)."""
+    pod_node = {p.key: p.node for p in topo.pods}
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        groups.setdefault((pod_node[r.src], pod_node[r.dst]), []).append(r)
+    out = []
+    for (a, b), rs in groups.items():
+        bad = [r for r in rs if not r.ok]
+        name = f"connectivity {a} -> {b}"
+        if not bad:
+            out.append(CheckResult(name, True, f"{len(rs)}/{len(rs)} pod pairs answered"))
+            continue
+        examples = "; ".join(f"{r.src} -> {r.dst}: {r.detail}" for r in bad[:3])
+        why = _why_unreachable(a, b, topo, warnings)
+        detail = f"{len(rs) - len(bad)}/{len(rs)} pod pairs answered ({examples})"
+        out.append(CheckResult(name, False, detail + (f"; because {why}" if why else "")))
+    return out
+
+
+def mtu_checks(topo: Topology, plan: Plan, pids: dict[str, int]) -> list[CheckResult]:
+    """Per ordered node pair: a DF ping of exactly the pod MTU passes, one byte more fails."""
+    mtu = plan.pod_mtu
+    first: dict[str, str] = {}
+    for pod in topo.pods:
+        first.setdefault(pod.node, pod.key)
+    procs: list[tuple[str, str, int, subprocess.Popen[bytes]]] = []
+    for a, src in first.items():
+        for b, dst in first.items():
+            if a == b:
+                continue
+            for size in (mtu, mtu + 1):
+                argv = ["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", "-M", "do"]
+                argv += ["-s", str(size - 28), str(topo.pod_ips[dst])]
+                p = subprocess.Popen(
+                    nsenter_argv(pids[src], argv, mount=False),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                procs.append((src, dst, size, p))
+    passed: dict[tuple[str, str, int], bool] = {}
+    for src, dst, size, p in procs:
+        passed[(src, dst, size)] = p.wait() == 0
+    out = []
+    for src, dst in {(s, d) for s, d, _, _ in procs}:
+        fits, over = passed[(src, dst, mtu)], passed[(src, dst, mtu + 1)]
+        ok = fits and not over
+        detail = (
+            f"{mtu}-byte DF packet {'passed' if fits else 'FAILED'}, "
+            f"{mtu + 1}-byte {'was refused' if not over else 'PASSED (MTU too large)'}"
+        )
+        out.append(CheckResult(f"mtu {src} -> {dst}", ok, detail))
+    return sorted(out, key=lambda c: c.name)
+
+
+def wire_checks(
+    flows: list[Flow], pcaps: dict[str, Path], pod_cidr: IPv4Network
+) -> list[CheckResult]:
+    """Each flow against the source node's capture, plus a leak check per capture."""
+    out: list[CheckResult] = []
+    by_node: dict[str, list[Flow]] = {}
+    for f in flows:
+        by_node.setdefault(f.src_node, []).append(f)
+    for node, path in pcaps.items():
+        index = checker.index_packets(checker.load_packets(path))
+        per_peer: dict[str, list[tuple[Flow, CheckResult]]] = {}
+        node_flows = by_node.get(node, [])
+        for flow, result in zip(node_flows, checker.check_flows(index, node_flows, pcap=str(path))):
+            per_peer.setdefault(flow.dst_node, []).append((flow, result))
+        for peer, pairs in per_peer.items():
+            out.append(_merge(f"wire {node} -> {peer}", pairs, str(path)))
+        # All flows, not just this node's: a bridge may flood a frame before it learns MACs.
+        leak = checker.check_no_leaks(index, flows, str(pod_cidr), pcap=str(path))
+        leak.name = f"nothing else on {node}'s wire ({leak.name})"
+        out.append(leak)
+    return out
+
+
+def _merge(name: str, pairs: list[tuple[Flow, CheckResult]], pcap: str) -> CheckResult:
+    """One check per node pair: the pod pairs' verdicts folded into one readable line."""
+    bad = [r for _, r in pairs if not r.passed]
+    if not bad:
+        # The checker's detail reads "<pods>: <how it crossed>: <counts>"; keep the how.
+        how = pairs[0][1].detail.split(": ", 1)[-1]
+        return CheckResult(name, True, f"{len(pairs)}/{len(pairs)} pod pairs; e.g. {how}", pcap)
+    shown = " | ".join(r.detail for r in bad[:2])
+    more = f" (+{len(bad) - 2} more)" if len(bad) > 2 else ""
+    return CheckResult(name, False, f"{len(pairs) - len(bad)}/{len(pairs)} pod pairs ok; {shown}{more}", pcap)
+
+
+def verify(lab: str, with_mtu: bool = True) -> Report:
+    """Run the whole verification of a lab that is up."""
+    started = time.monotonic()
+    st = state.load(lab)
+    topo = load_topology(st.topology)
+    plan = get_mode(st.mode).plan(topo)
+    pids = {name: rec.pid for name, rec in st.namespaces.items()}
+    report = Report(lab=lab, mode=st.mode, notes=list(st.notes))
+    outdir = CAPTURE_ROOT / lab / st.mode
+    cap = Capture(lab)
+    nodes = [n.name for n in plan.node_ns()]
+    cap.start({n: (pids[n], UNDERLAY_IF) for n in nodes}, outdir)
+    try:
+        results = probe(topo, pids, "tcp")
+        results += probe(topo, pids, "udp")
+    finally:
+        pcaps = cap.stop()
+    for c in connectivity_checks(results, topo, st.warnings):
+        report.add(c)
+    for c in wire_checks(plan.flows, pcaps, topo.cluster.podCIDR):
+        report.add(c)
+    if with_mtu and len({p.node for p in topo.pods}) > 1:
+        for c in mtu_checks(topo, plan, pids):
+            report.add(c)
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+def verify_pcap(path: Path, mode: str, pod_cidr: str) -> Report:
+    """Check a capture taken anywhere (a real cluster) against what `mode` puts on the wire."""
+    wire = get_mode(mode).wire_specs
+    report = Report(lab="(pcap)", mode=mode)
+    packets = checker.load_packets(path)
+    for c in checker.check_capture_for_mode(packets, wire, pod_cidr, pcap=str(path)):
+        report.add(c)
+    return report

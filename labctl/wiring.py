@@ -1,0 +1,62 @@
+"""Mininet wiring: every node, router and pod becomes a namespace (a Mininet host), every
+segment a Linux bridge, every underlay attachment a veth into that bridge.
+
+Runs inside the lab's private namespace, so Mininet's bridges and switch-side veths never
+appear in the host's namespace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from labctl.plan import Plan
+
+
+def _mininet() -> tuple[Any, Any, Any]:
+    # Imported lazily: only the supervisor (Debian's /usr/bin/python3 venv) has Mininet.
+    from mininet.log import setLogLevel
+    from mininet.net import Mininet
+    from mininet.nodelib import LinuxBridge
+
+    setLogLevel("error")
+    # Mininet.init() would raise host-wide limits and sysctls (fixLimits); the host is not
+    # ours to change, and the lab does not need them.
+    Mininet.inited = True
+    return Mininet, LinuxBridge, setLogLevel
+
+
+def build(
+    plan: Plan,
+    on_namespace: Callable[[str, int], None],
+    progress: Callable[[str], None] | None = None,
+) -> Any:
+    """Create the namespaces and the underlay; report each namespace's PID as it appears.
+
+    Returns the Mininet object, which must stay referenced: it holds the node shells whose
+    lifetime is the namespaces' lifetime.
+    """
+    mininet_cls, bridge_cls, _ = _mininet()
+    net = mininet_cls(switch=bridge_cls, controller=None, build=False, autoSetMacs=False)
+    hosts = {}
+    for i, ns in enumerate(plan.namespaces.values()):
+        if progress and i % 25 == 0:
+            progress(f"creating namespaces ({i + 1}/{len(plan.namespaces)})")
+        host = net.addHost(f"h{i}", privateDirs=list(ns.private_dirs))
+        hosts[ns.name] = host
+        on_namespace(ns.name, host.pid)
+    segments = sorted({a.segment for a in plan.attachments})
+    switches = {
+        seg: net.addSwitch(f"sg{i}", dpid=str(i + 1), stp=False) for i, seg in enumerate(segments)
+    }
+    ports: dict[str, int] = {}
+    for att in plan.attachments:
+        sw = switches[att.segment]
+        n = ports.get(att.segment, 0)
+        ports[att.segment] = n + 1
+        net.addLink(
+            hosts[att.ns], sw, intfName1=att.ifname, addr1=att.mac, intfName2=f"{sw.name}p{n}"
+        )
+    for sw in switches.values():
+        sw.start([])
+    return net
