@@ -113,7 +113,7 @@ def wire_checks(
     for f in flows:
         by_node.setdefault(f.src_node, []).append(f)
     for node, path in pcaps.items():
-        index = checker.index_packets(checker.load_packets(path))
+        index = checker.index_pcap(path)
         per_peer: dict[str, list[tuple[Flow, CheckResult]]] = {}
         node_flows = by_node.get(node, [])
         for flow, result in zip(node_flows, checker.check_flows(index, node_flows, pcap=str(path))):
@@ -171,7 +171,7 @@ def verify_pcap(path: Path, mode: str, pod_cidr: str) -> Report:
     """Check a capture taken anywhere (a real cluster) against what `mode` puts on the wire."""
     wire = get_mode(mode).wire_specs
     report = Report(lab="(pcap)", mode=mode)
-    packets = checker.load_packets(path)
-    for c in checker.check_capture_for_mode(packets, wire, pod_cidr, pcap=str(path)):
+    index = checker.index_pcap(path)
+    for c in checker.check_capture_for_mode(index, wire, pod_cidr, pcap=str(path)):
         report.add(c)
     return report
