@@ -43,10 +43,17 @@ def _check_name(value: str, what: str) -> str:
 
 def _check_labels(labels: dict[str, str]) -> dict[str, str]:
     for key, value in labels.items():
-        if not LABEL_KEY.match(key):
-            raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")
+        if not LABEL_KEY.match(key) or len(key.rpartition("/")[0]) > 253:
+            raise ValueError(
+                f"label key {key!r} is not a valid Kubernetes label key (an optional DNS "
+                "subdomain prefix of at most 253 characters and '/', then 1-63 letters, digits, "
+                "'-', '_' or '.', starting and ending with a letter or digit)"
+            )
         if not isinstance(value, str) or not LABEL_VALUE.match(value):
-            raise ValueError(f"label {key}={value!r}: value must be a Kubernetes label value")
+            raise ValueError(
+                f"label {key}={value!r}: a Kubernetes label value is empty or 1-63 letters, "
+                "digits, '-', '_' or '.', starting and ending with a letter or digit"
+            )
     return labels
 
 
@@ -153,13 +160,6 @@ class Topology(_Strict):
     def _name(cls, v: str) -> str:
         return _check_name(v, "name")
 
-    @field_validator("segments", "routers", "nodes", "namespaces")
-    @classmethod
-    def _keys(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for key in v:
-            _check_name(key, "name")
-        return v
-
     @field_validator("nodes")
     @classmethod
     def _some_nodes(cls, v: dict[str, Node]) -> dict[str, Node]:
@@ -169,6 +169,20 @@ class Topology(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Topology:
+        for section in ("segments", "routers", "nodes", "namespaces"):
+            for key in getattr(self, section):
+                try:
+                    _check_name(key, "name")
+                except ValueError as e:
+                    raise ValueError(f"{section}.{key}: {e}") from None
+
+        pod_cidr, size = self.cluster.podCIDR, self.cluster.nodeCIDRSize
+        if size < pod_cidr.prefixlen:
+            raise ValueError(
+                f"cluster.nodeCIDRSize: /{size} is larger than cluster.podCIDR {pod_cidr}; "
+                f"use a prefix length from {max(pod_cidr.prefixlen, 8)} to 28"
+            )
+
         seen_ips: dict[IPv4Address, str] = {}
         seen_names: dict[str, str] = {}
 
@@ -186,11 +200,14 @@ class Topology(_Strict):
         for i, (sname, seg) in enumerate(segs):
             claim_name(sname, f"segments.{sname}")
             if seg.cidr.prefixlen > 30:
-                raise ValueError(f"segments.{sname}.cidr: {seg.cidr} is too small; use /30 or larger")
+                raise ValueError(
+                    f"segments.{sname}.cidr: {seg.cidr} is too small; use /30 or larger"
+                )
             for oname, other in segs[:i]:
                 if seg.cidr.overlaps(other.cidr):
                     raise ValueError(
-                        f"segments.{sname}.cidr: {seg.cidr} overlaps segments.{oname} ({other.cidr})"
+                        f"segments.{sname}.cidr: {seg.cidr} overlaps segments.{oname} "
+                        f"({other.cidr}); segments must be disjoint"
                     )
             if seg.cidr.overlaps(self.cluster.podCIDR):
                 raise ValueError(
@@ -213,11 +230,13 @@ class Topology(_Strict):
             claim_name(nname, f"nodes.{nname}")
             self._check_on_segment(node.segment, node.ip, f"nodes.{nname}.ip")
             claim_ip(node.ip, f"nodes.{nname}.ip")
-            if node.gateway is not None and node.gateway not in self.segments[node.segment].cidr:
-                raise ValueError(
-                    f"nodes.{nname}.gateway: {node.gateway} is not in segment "
-                    f"{node.segment} ({self.segments[node.segment].cidr})"
-                )
+            if node.gateway is not None:
+                self._check_on_segment(node.segment, node.gateway, f"nodes.{nname}.gateway")
+                if node.gateway == node.ip:
+                    raise ValueError(
+                        f"nodes.{nname}.gateway: {node.gateway} is the node's own address; "
+                        "use a router's address on the node's segment"
+                    )
             if node.podCIDR is not None:
                 if not node.podCIDR.subnet_of(self.cluster.podCIDR):
                     raise ValueError(
@@ -225,14 +244,19 @@ class Topology(_Strict):
                         f"{self.cluster.podCIDR}"
                     )
                 if node.podCIDR.prefixlen > 28:
-                    raise ValueError(f"nodes.{nname}.podCIDR: {node.podCIDR} is too small; use /28 or larger")
+                    raise ValueError(
+                        f"nodes.{nname}.podCIDR: {node.podCIDR} is too small; use /28 or larger"
+                    )
 
         explicit = [(n, x.podCIDR) for n, x in self.nodes.items() if x.podCIDR is not None]
         for i, (n, cidr) in enumerate(explicit):
-            for m, other in explicit[:i]:
-                assert cidr is not None and other is not None
-                if cidr.overlaps(other):
-                    raise ValueError(f"nodes.{n}.podCIDR: {cidr} overlaps nodes.{m}.podCIDR ({other})")
+            for m, earlier in explicit[:i]:
+                assert cidr is not None and earlier is not None
+                if cidr.overlaps(earlier):
+                    raise ValueError(
+                        f"nodes.{n}.podCIDR: {cidr} overlaps nodes.{m}.podCIDR ({earlier}); "
+                        "node pod CIDRs must be disjoint"
+                    )
 
         for i, rr in enumerate(self.bgp.routeReflectors):
             if rr not in self.nodes:
@@ -246,7 +270,8 @@ class Topology(_Strict):
             where = f"pods[{i}]"
             if pod.node not in self.nodes:
                 raise ValueError(
-                    f"{where}.node: unknown node {pod.node!r}; known nodes: " + ", ".join(self.nodes)
+                    f"{where}.node: unknown node {pod.node!r}; known nodes: "
+                    + ", ".join(self.nodes)
                 )
             if pod.namespace != "default" and pod.namespace not in self.namespaces:
                 raise ValueError(
@@ -259,7 +284,9 @@ class Topology(_Strict):
             ports = set()
             for j, port in enumerate(pod.ports):
                 if (port.containerPort, port.protocol) in ports:
-                    raise ValueError(f"{where}.ports[{j}]: duplicate {port.protocol} port {port.containerPort}")
+                    raise ValueError(
+                        f"{where}.ports[{j}]: duplicate {port.protocol} port {port.containerPort}"
+                    )
                 ports.add((port.containerPort, port.protocol))
         return self
 
@@ -308,13 +335,15 @@ class Topology(_Strict):
         (host-local IPAM hands out addresses after the .1 gateway)."""
         out: dict[str, IPv4Address] = {}
         used: dict[str, int] = {}
-        for pod in self.pods:
+        for i, pod in enumerate(self.pods):
             cidr = self.node_pod_cidrs[pod.node]
             idx = used.get(pod.node, 0)
             addr = cidr.network_address + 2 + idx
             if addr >= cidr.broadcast_address:
                 raise TopologyError(
-                    f"pods: node {pod.node} has more pods than its pod CIDR {cidr} can address"
+                    f"pods[{i}].node: node {pod.node} has more pods than its pod CIDR {cidr} "
+                    f"can address (at most {cidr.num_addresses - 3}); lower "
+                    "cluster.nodeCIDRSize or move pods to other nodes"
                 )
             used[pod.node] = idx + 1
             out[pod.key] = addr
@@ -345,6 +374,8 @@ class Topology(_Strict):
 def _loc(err: dict[str, Any]) -> str:
     parts: list[str] = []
     for p in err.get("loc", ()):
+        if p == "[key]":  # pydantic's marker for an invalid dict key (the key precedes it)
+            continue
         if isinstance(p, int):
             parts.append(f"[{p}]")
         else:
@@ -358,6 +389,13 @@ def _explain(err: dict[str, Any]) -> str:
         return "unknown key (check the spelling; see topologies/default.yaml for the format)"
     if kind == "missing":
         return "required field is missing"
+    if kind == "ip_v4_network":
+        return (
+            f"{err.get('input')!r} is not an IPv4 network; write address/prefix with no host "
+            "bits set, e.g. 10.0.0.0/24"
+        )
+    if kind == "ip_v4_address":
+        return f"{err.get('input')!r} is not an IPv4 address; write e.g. 10.0.0.31"
     msg = str(err.get("msg", "invalid value"))
     return msg.removeprefix("Value error, ")
 
@@ -374,15 +412,46 @@ def resolve_path(ref: str | Path) -> Path:
     raise TopologyError(f"{ref}: no such topology file; shipped topologies: {names}")
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one, so a
+    copy-pasted node would vanish without a word)."""
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[dict[Any, Any]]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:  # unhashable key: construct_mapping reports it
+            continue
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first defined on line {first + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    yield from loader.construct_yaml_map(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+
+
 def load_topology(ref: str | Path) -> Topology:
     """Load and validate a topology; raise TopologyError with one precise line on bad input."""
     path = resolve_path(ref)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_bytes(), Loader=_Loader)  # a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise TopologyError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or str(e)
+        problem = " ".join(str(problem).split())
+        raise TopologyError(f"{path}{where}: not valid YAML ({problem})") from None
     except OSError as e:
         raise TopologyError(f"{path}: cannot read ({e.strerror})") from None
     return parse_topology(data, str(path))
