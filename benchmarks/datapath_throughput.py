@@ -259,6 +259,8 @@ class TwoNodeLab:
             if client.returncode != 0:
                 raise RuntimeError(f"iperf3 failed: {client.stdout[-500:]} {client.stderr}")
             result = json.loads(client.stdout)
+            if "error" in result:
+                raise RuntimeError(f"iperf3: {result['error']}")
             return float(result["end"]["sum_received"]["bits_per_second"]) / 1e9
         finally:
             server.kill()
