@@ -14,7 +14,9 @@ from pathlib import Path
 from labctl.nsutil import nsenter_argv
 from labctl.state import LAB_ENV
 
-CAPTURE_ROOT = Path(os.environ.get("LABCTL_CAPTURE_DIR", Path(__file__).resolve().parent.parent / "captures"))
+CAPTURE_ROOT = Path(
+    os.environ.get("LABCTL_CAPTURE_DIR", Path(__file__).resolve().parent.parent / "captures")
+)
 SETTLE = 0.1  # let the last packets of a probe reach tcpdump before stopping it
 SNAPLEN = 256  # headers of outer + inner packets, not payloads: small pcaps
 
@@ -23,7 +25,9 @@ class CaptureFailed(RuntimeError):
     pass
 
 
-def tcpdump_argv(pid: int, iface: str, out: str, bpf: str | None, snaplen: int = SNAPLEN) -> list[str]:
+def tcpdump_argv(
+    pid: int, iface: str, out: str, bpf: str | None, snaplen: int = SNAPLEN
+) -> list[str]:
     """tcpdump writing `iface` of namespace `pid` to `out` ('-' = stdout), packet-buffered."""
     # --immediate-mode: without it TPACKET_V3 hands packets over in ~1 s blocks, and a
     # capture stopped right after a probe would lose them.
@@ -41,7 +45,9 @@ class Capture:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
 
-    def start(self, targets: dict[str, tuple[int, str]], outdir: Path, bpf: str | None = None) -> None:
+    def start(
+        self, targets: dict[str, tuple[int, str]], outdir: Path, bpf: str | None = None
+    ) -> None:
         """Start one tcpdump per target name -> (pid, iface) and wait until all listen."""
         outdir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, **{LAB_ENV: self.lab})

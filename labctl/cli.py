@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import nullcontext
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -28,7 +28,9 @@ err = Console(stderr=True)
 OUTPUT = click.option(
     "-o", "--output", type=click.Choice(["table", "json"]), default="table", help="Output format."
 )
-NAME = click.option("-n", "--name", "lab", default=None, help="Lab name (default: the only lab up).")
+NAME = click.option(
+    "-n", "--name", "lab", default=None, help="Lab name (default: the only lab up)."
+)
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -96,8 +98,13 @@ def modes(output: str) -> None:
 
 @main.command()
 @click.argument("mode")
-@click.option("-t", "--topology", default="default", show_default=True,
-              help="Topology file, or the name of one in topologies/.")
+@click.option(
+    "-t",
+    "--topology",
+    default="default",
+    show_default=True,
+    help="Topology file, or the name of one in topologies/.",
+)
 @click.option("-n", "--name", "lab", default=None, help="Lab name (default: the topology's name).")
 @OUTPUT
 @guarded
@@ -117,8 +124,15 @@ def up(mode: str, topology: str, lab: str | None, output: str) -> None:
             st = lifecycle.up(lab, m.name, path, topo.name, lambda p: status.update(f"{lab}: {p}"))
     took = time.monotonic() - started
     if output == "json":
-        emit_json({"lab": lab, "mode": m.name, "seconds": round(took, 3), "warnings": st.warnings,
-                   "notes": st.notes})
+        emit_json(
+            {
+                "lab": lab,
+                "mode": m.name,
+                "seconds": round(took, 3),
+                "warnings": st.warnings,
+                "notes": st.notes,
+            }
+        )
         return
     for w in st.warnings:
         err.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
@@ -170,7 +184,9 @@ def status(lab: str | None, output: str) -> None:
     for doc in docs:
         out.print(
             f"[bold]lab {doc['lab']}[/bold]: {doc['mode']} on {doc['topology']} "
-            f"({doc['status']}{', ready in ' + str(doc['readySeconds']) + 's' if doc['readySeconds'] else ''})"
+            f"({doc['status']}"
+            + (f", ready in {doc['readySeconds']}s" if doc["readySeconds"] else "")
+            + ")"
         )
         for w in doc["warnings"]:
             out.print(f"  [yellow]warning:[/yellow] {w}", highlight=False)
@@ -183,7 +199,9 @@ def status(lab: str | None, output: str) -> None:
         t = Table("pod", "node", "ip", "labels", "ports")
         for p in doc["pods"]:
             labels = ",".join(f"{k}={v}" for k, v in p["labels"].items())
-            t.add_row(f"{p['namespace']}/{p['name']}", p["node"], p["ip"], labels, " ".join(p["ports"]))
+            t.add_row(
+                f"{p['namespace']}/{p['name']}", p["node"], p["ip"], labels, " ".join(p["ports"])
+            )
         out.print(t)
 
 
@@ -209,8 +227,11 @@ def _status_doc(lab: str) -> dict[str, Any]:
             for n, node in topo.nodes.items()
         ],
         "routers": [
-            {"name": r, "interfaces": [f"{s}:{ip}" for s, ip in router.interfaces.items()],
-             "asn": router.asn}
+            {
+                "name": r,
+                "interfaces": [f"{s}:{ip}" for s, ip in router.interfaces.items()],
+                "asn": router.asn,
+            }
             for r, router in topo.routers.items()
         ],
         "pods": [
@@ -253,15 +274,28 @@ def exec_(lab: str | None, target: str, command: tuple[str, ...]) -> None:
 @main.command()
 @NAME
 @OUTPUT
-@click.option("--pcap", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Check this capture (e.g. from a real cluster) instead of a lab.")
+@click.option(
+    "--pcap",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Check this capture (e.g. from a real cluster) instead of a lab.",
+)
 @click.option("--mode", "pcap_mode", help="With --pcap: the mode the capture should show.")
-@click.option("--pod-cidr", default="10.244.0.0/16", show_default=True,
-              help="With --pcap: the cluster's pod CIDR.")
+@click.option(
+    "--pod-cidr",
+    default="10.244.0.0/16",
+    show_default=True,
+    help="With --pcap: the cluster's pod CIDR.",
+)
 @click.option("--no-mtu", is_flag=True, help="Skip the MTU checks.")
 @guarded
-def verify(lab: str | None, output: str, pcap: Path | None, pcap_mode: str | None,
-           pod_cidr: str, no_mtu: bool) -> None:
+def verify(
+    lab: str | None,
+    output: str,
+    pcap: Path | None,
+    pcap_mode: str | None,
+    pod_cidr: str,
+    no_mtu: bool,
+) -> None:
     """Probe every pod pair, capture the underlay and check the wire against the mode."""
     from labctl import verify as verify_mod
 
@@ -287,7 +321,9 @@ def verify(lab: str | None, output: str, pcap: Path | None, pcap_mode: str | Non
         for n in report.notes:
             out.print(f"[cyan]note:[/cyan] {n}", highlight=False)
         failed = sum(not c.passed for c in report.checks)
-        verdict = "[green]passed[/green]" if report.passed else f"[red]failed[/red] ({failed} checks)"
+        verdict = (
+            "[green]passed[/green]" if report.passed else f"[red]failed[/red] ({failed} checks)"
+        )
         pcaps = sorted({c.pcap for c in report.checks if c.pcap})
         out.print(f"verify {verdict} in {report.seconds:.2f}s; pcaps: {', '.join(pcaps) or '-'}")
     sys.exit(0 if report.passed else 1)
@@ -297,12 +333,17 @@ def verify(lab: str | None, output: str, pcap: Path | None, pcap_mode: str | Non
 @NAME
 @OUTPUT
 @click.option("--protocol", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=None,
-              help="Port to probe (default: each pod's first port of that protocol).")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port to probe (default: each pod's first port of that protocol).",
+)
 @guarded
 def probe(lab: str | None, output: str, protocol: str, port: int | None) -> None:
     """Probe every pod from every pod; print the reachability matrix."""
-    from labctl.probe import default_port, probe as run_probe
+    from labctl.probe import default_port
+    from labctl.probe import probe as run_probe
 
     lifecycle.check_environment()
     st = state.load(state.resolve(lab))
@@ -314,10 +355,16 @@ def probe(lab: str | None, output: str, protocol: str, port: int | None) -> None
         matrix[r.src][r.dst] = r.ok
     ok = all(r.ok for r in results)
     if output == "json":
-        emit_json({"protocol": protocol,
-                   "port": port or (default_port(topo.pods[0], protocol) if topo.pods else None),
-                   "matrix": matrix,
-                   "failures": [{"src": r.src, "dst": r.dst, "detail": r.detail} for r in results if not r.ok]})
+        emit_json(
+            {
+                "protocol": protocol,
+                "port": port or (default_port(topo.pods[0], protocol) if topo.pods else None),
+                "matrix": matrix,
+                "failures": [
+                    {"src": r.src, "dst": r.dst, "detail": r.detail} for r in results if not r.ok
+                ],
+            }
+        )
     else:
         keys = [p.key for p in topo.pods]
         t = Table(title=f"{protocol.upper()} probe, {st.lab} ({st.mode}): . reachable, X not")
@@ -325,8 +372,13 @@ def probe(lab: str | None, output: str, protocol: str, port: int | None) -> None
         for i, _ in enumerate(keys):
             t.add_column(str(i), justify="center")
         for i, src in enumerate(keys):
-            t.add_row(f"{i} {src}", *("-" if src == dst else ("." if matrix[src][dst] else "[red]X[/red]")
-                                       for dst in keys))
+            t.add_row(
+                f"{i} {src}",
+                *(
+                    "-" if src == dst else ("." if matrix[src][dst] else "[red]X[/red]")
+                    for dst in keys
+                ),
+            )
         out.print(t)
         for r in results:
             if not r.ok:
@@ -337,14 +389,24 @@ def probe(lab: str | None, output: str, protocol: str, port: int | None) -> None
 @main.command()
 @NAME
 @click.argument("target")
-@click.option("-w", "--write", "outfile", default=None,
-              help="pcap file to write ('-' for stdout; default: captures/<lab>/<target>.pcap).")
+@click.option(
+    "-w",
+    "--write",
+    "outfile",
+    default=None,
+    help="pcap file to write ('-' for stdout; default: captures/<lab>/<target>.pcap).",
+)
 @click.option("--filter", "bpf", default=None, help="BPF capture filter, e.g. 'udp port 8472'.")
-@click.option("--duration", type=click.FloatRange(0.1, 3600), default=None,
-              help="Stop after S seconds (default: until Ctrl-C).")
+@click.option(
+    "--duration",
+    type=click.FloatRange(0.1, 3600),
+    default=None,
+    help="Stop after S seconds (default: until Ctrl-C).",
+)
 @guarded
-def capture(lab: str | None, target: str, outfile: str | None, bpf: str | None,
-            duration: float | None) -> None:
+def capture(
+    lab: str | None, target: str, outfile: str | None, bpf: str | None, duration: float | None
+) -> None:
     """Capture TARGET[:IFACE] (default interface eth0) to a pcap."""
     import signal
     import subprocess
@@ -374,6 +436,66 @@ def capture(lab: str | None, target: str, outfile: str | None, bpf: str | None,
     if outfile != "-":
         err.print(f"wrote {outfile}")
     sys.exit(0 if proc.returncode in (0, -signal.SIGINT, 130) else proc.returncode)
+
+
+@main.command()
+@click.option(
+    "--modes",
+    "modes_",
+    default="flannel-vxlan,flannel-host-gw",
+    show_default=True,
+    help="Comma-separated modes to measure.",
+)
+@click.option(
+    "--nodes",
+    type=click.IntRange(2, 200),
+    default=20,
+    show_default=True,
+    help="Nodes in the generated large topology.",
+)
+@click.option("--pods-per-node", type=click.IntRange(1, 200), default=10, show_default=True)
+@OUTPUT
+@guarded
+def bench(modes_: str, nodes: int, pods_per_node: int, output: str) -> None:
+    """Measure up, verify and down on the default topology and a generated large one."""
+    from labctl import bench as bench_mod
+
+    lifecycle.check_environment()
+    names = [get_mode(m.strip()).name for m in modes_.split(",") if m.strip()]
+    if "bench" in state.list_labs():
+        raise LabError("a lab named 'bench' is up; 'labctl down -n bench' first")
+    if output == "json":
+        rows = bench_mod.run(names, (nodes, pods_per_node), lambda _: None)
+        emit_json(rows)
+        return
+    with out.status("benchmarking") as status:
+        rows = bench_mod.run(names, (nodes, pods_per_node), lambda p: status.update(p))
+    t = Table(title="labctl bench (seconds)")
+    for col in (
+        "mode",
+        "topology",
+        "nodes",
+        "pods",
+        "pod pairs",
+        "up",
+        "verify",
+        "down",
+        "verified",
+    ):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(
+            r["mode"],
+            r["topology"],
+            str(r["nodes"]),
+            str(r["pods"]),
+            str(r.get("pairs", "-")),
+            str(r.get("up", "-")),
+            str(r.get("verify", "-")),
+            str(r["down"]),
+            "yes" if r.get("passed") else "[red]no[/red]",
+        )
+    out.print(t)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,9 @@ class Group:
                 continue
             changed = True
             if p.restarts >= MAX_RESTARTS:
-                msg = f"{p.name} exited with {code} and was restarted {MAX_RESTARTS} times; giving up"
+                msg = (
+                    f"{p.name} exited with {code} and was restarted {MAX_RESTARTS} times; giving up"
+                )
                 if msg not in st.warnings:
                     st.warnings.append(msg)
                 continue

@@ -131,7 +131,13 @@ def apply_namespace(ns: NamespacePlan, pid: int, pids: dict[str, int]) -> list[s
                     ip.link("set", index=link["index"], state="up")
             for n in ns.neighbours:
                 step = f"neighbour {n.ip} on {n.dev}"
-                ip.neigh("replace", dst=n.ip, lladdr=n.mac, ifindex=_index(ip, n.dev), state=NUD_PERMANENT)
+                ip.neigh(
+                    "replace",
+                    dst=n.ip,
+                    lladdr=n.mac,
+                    ifindex=_index(ip, n.dev),
+                    state=NUD_PERMANENT,
+                )
             for f in ns.fdb:
                 step = f"fdb {f.mac} dst {f.dst} on {f.dev}"
                 ip.fdb(
@@ -174,7 +180,9 @@ def _write_file(pid: int, path: str, content: str) -> None:
     target.chmod(0o644)
 
 
-def apply(plan: Plan, pids: dict[str, int], progress: Callable[[str], None] | None = None) -> list[str]:
+def apply(
+    plan: Plan, pids: dict[str, int], progress: Callable[[str], None] | None = None
+) -> list[str]:
     """Program every namespace of the plan; return the best-effort warnings."""
     warnings: list[str] = []
     order = sorted(plan.namespaces.values(), key=lambda n: n.role == "pod")

@@ -3,6 +3,7 @@ supervisor that holds it, and a cleanup that works from the recorded state alone
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -126,7 +127,9 @@ def up(
                 raise err
             if proc.poll() is not None:
                 tail = (st.dir / "supervisor.log").read_text(errors="replace").strip().splitlines()
-                raise LabError(f"the lab supervisor exited ({proc.returncode}): {tail[-1] if tail else ''}")
+                raise LabError(
+                    f"the lab supervisor exited ({proc.returncode}): {tail[-1] if tail else ''}"
+                )
             if time.monotonic() > deadline:
                 raise LabError(f"lab did not become ready within {UP_TIMEOUT:.0f}s (last: {last})")
             time.sleep(0.02)
@@ -160,10 +163,8 @@ def down(lab: str, timeout: float = 5.0) -> list[str]:
             break
         killed.update(pids)
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if time.monotonic() > deadline:
             raise LabError(f"processes of lab {lab} would not die: {pids}")
         time.sleep(0.02)

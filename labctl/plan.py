@@ -190,18 +190,16 @@ def base_plan(topo: Topology, mode: str, wire: list[WireSpec], pod_mtu: int) -> 
             ifname = f"eth{i}"
             mac = underlay_mac(rname, ifname)
             attachments.append(Attachment(rname, ifname, seg, mac))
-            rp.addresses.append(
-                Address(ifname, f"{ip}/{topo.segments[seg].cidr.prefixlen}")
-            )
+            rp.addresses.append(Address(ifname, f"{ip}/{topo.segments[seg].cidr.prefixlen}"))
         for route in router.routes:
             rp.routes.append(Route(dst=str(route.to), via=str(route.via)))
         namespaces[rname] = rp
     for nname, node in topo.nodes.items():
-        seg = topo.segments[node.segment]
+        segment = topo.segments[node.segment]
         np_ = NamespacePlan(name=nname, role="node", sysctls={"net.ipv4.ip_forward": "1"})
         mac = underlay_mac(nname, UNDERLAY_IF)
         attachments.append(Attachment(nname, UNDERLAY_IF, node.segment, mac))
-        np_.addresses.append(Address(UNDERLAY_IF, f"{node.ip}/{seg.cidr.prefixlen}"))
+        np_.addresses.append(Address(UNDERLAY_IF, f"{node.ip}/{segment.cidr.prefixlen}"))
         gw = topo.node_gateway(nname)
         if gw is not None:
             np_.routes.append(Route(dst="default", via=str(gw), dev=UNDERLAY_IF))

@@ -3,6 +3,7 @@ and driven together from one selector, so a 200-pod matrix needs no per-pod proc
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
@@ -46,15 +47,29 @@ def probe(
     port: int | None = None,
     timeout: float = 2.0,
 ) -> list[Result]:
-    """Probe every ordered pod pair (pods never probe themselves)."""
+    """Probe every ordered pod pair (pods never probe themselves).
+
+    All lab namespaces share the host kernel's one ARP table (its size is the host's
+    net.ipv4.neigh.default.gc_thresh3, which a lab must not change), so a large lab cannot
+    resolve every pod pair at once. Probing from one source pod at a time keeps the number of
+    fresh entries small, and pairs that timed out get one more try after the kernel has had
+    time to recycle idle entries.
+    """
     _raise_fd_limit()
-    pairs = [(s, d) for s in topo.pods for d in topo.pods if s.key != d.key]
-    out: list[Result] = []
-    for i in range(0, len(pairs), BATCH):
-        chunk = pairs[i : i + BATCH]
-        run = _tcp_batch if protocol == "tcp" else _udp_batch
-        out += run(topo, pids, chunk, port, timeout)
-    return out
+    run = _tcp_batch if protocol == "tcp" else _udp_batch
+    results: dict[tuple[str, str], Result] = {}
+    for s in topo.pods:
+        pairs = [(s, d) for d in topo.pods if s.key != d.key]
+        for i in range(0, len(pairs), BATCH):
+            for r in run(topo, pids, pairs[i : i + BATCH], port, timeout):
+                results[(r.src, r.dst)] = r
+    pods = {p.key: p for p in topo.pods}
+    retry = [(pods[r.src], pods[r.dst]) for r in results.values() if r.detail.startswith("timeout")]
+    if retry and len(retry) < len(results):
+        for i in range(0, len(retry), BATCH):
+            for r in run(topo, pids, retry[i : i + BATCH], port, timeout):
+                results[(r.src, r.dst)] = r
+    return [results[(s.key, d.key)] for s in topo.pods for d in topo.pods if s.key != d.key]
 
 
 def _target(topo: Topology, dst: Pod, port: int | None, protocol: str) -> tuple[str, int]:
@@ -62,7 +77,11 @@ def _target(topo: Topology, dst: Pod, port: int | None, protocol: str) -> tuple[
 
 
 def _tcp_batch(
-    topo: Topology, pids: dict[str, int], pairs: list[tuple[Pod, Pod]], port: int | None, timeout: float
+    topo: Topology,
+    pids: dict[str, int],
+    pairs: list[tuple[Pod, Pod]],
+    port: int | None,
+    timeout: float,
 ) -> list[Result]:
     sel = selectors.DefaultSelector()
     results: dict[int, Result] = {}
@@ -115,7 +134,11 @@ def _judge(s: Pod, d: Pod, data: bytes, err: int) -> Result:
 
 
 def _udp_batch(
-    topo: Topology, pids: dict[str, int], pairs: list[tuple[Pod, Pod]], port: int | None, timeout: float
+    topo: Topology,
+    pids: dict[str, int],
+    pairs: list[tuple[Pod, Pod]],
+    port: int | None,
+    timeout: float,
 ) -> list[Result]:
     sel = selectors.DefaultSelector()
     socks: dict[int, tuple[socket.socket, tuple[str, int]]] = {}
@@ -137,10 +160,9 @@ def _udp_batch(
         now = time.monotonic()
         if now >= next_send:
             for sock, _ in socks.values():
-                try:
+                # An error here comes back from recv below, with the pair it belongs to.
+                with contextlib.suppress(OSError):
                     sock.send(b"probe")
-                except OSError:
-                    pass  # the error is reported by recv below
             next_send = now + resend_every
         for key, _ in sel.select(max(0.0, min(next_send, deadline) - time.monotonic())):
             n = key.data

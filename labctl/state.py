@@ -88,7 +88,9 @@ class LabState:
                 rec = self.namespaces[pods[0]]
         if rec is None:
             known = ", ".join(sorted(self.namespaces)[:12])
-            raise LabError(f"{target!r} is not a node, router or NS/POD of lab {self.lab} ({known}, ...)")
+            raise LabError(
+                f"{target!r} is not a node, router or NS/POD of lab {self.lab} ({known}, ...)"
+            )
         return rec.pid
 
 

@@ -54,7 +54,7 @@ def run(lab: str) -> int:
             ns = plan.namespaces[name]
             st.namespaces[name] = state.NsRecord(pid=pid, role=ns.role, node=ns.node)
 
-        _net = wiring.build(plan, record, phase)  # noqa: F841 - holds the node shells
+        _net = wiring.build(plan, record, phase)
         st.save()
         phase("programming the dataplane")
         st.warnings = engine.apply(plan, pids, phase)

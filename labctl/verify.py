@@ -20,6 +20,8 @@ from labctl.plan import UNDERLAY_IF, Plan
 from labctl.probe import Result, probe
 from labctl.topology import Topology, load_topology
 
+MAX_PINGS = 64  # ping processes at once: a 20-node lab has 760 MTU probes
+
 
 @dataclass
 class Report:
@@ -75,25 +77,29 @@ def mtu_checks(topo: Topology, plan: Plan, pids: dict[str, int]) -> list[CheckRe
     first: dict[str, str] = {}
     for pod in topo.pods:
         first.setdefault(pod.node, pod.key)
-    procs: list[tuple[str, str, int, subprocess.Popen[bytes]]] = []
-    for a, src in first.items():
-        for b, dst in first.items():
-            if a == b:
-                continue
-            for size in (mtu, mtu + 1):
-                argv = ["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", "-M", "do"]
-                argv += ["-s", str(size - 28), str(topo.pod_ips[dst])]
-                p = subprocess.Popen(
-                    nsenter_argv(pids[src], argv, mount=False),
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                procs.append((src, dst, size, p))
+    jobs = [
+        (src, dst, size)
+        for a, src in first.items()
+        for b, dst in first.items()
+        if a != b
+        for size in (mtu, mtu + 1)
+    ]
     passed: dict[tuple[str, str, int], bool] = {}
-    for src, dst, size, p in procs:
-        passed[(src, dst, size)] = p.wait() == 0
+    for i in range(0, len(jobs), MAX_PINGS):
+        wave = []
+        for src, dst, size in jobs[i : i + MAX_PINGS]:
+            argv = ["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", "-M", "do"]
+            argv += ["-s", str(size - 28), str(topo.pod_ips[dst])]
+            p = subprocess.Popen(
+                nsenter_argv(pids[src], argv, mount=False),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            wave.append(((src, dst, size), p))
+        for key, p in wave:
+            passed[key] = p.wait() == 0
     out = []
-    for src, dst in {(s, d) for s, d, _, _ in procs}:
+    for src, dst in {(s, d) for s, d, _ in jobs}:
         fits, over = passed[(src, dst, mtu)], passed[(src, dst, mtu + 1)]
         ok = fits and not over
         detail = (
@@ -116,7 +122,9 @@ def wire_checks(
         index = checker.index_pcap(path)
         per_peer: dict[str, list[tuple[Flow, CheckResult]]] = {}
         node_flows = by_node.get(node, [])
-        for flow, result in zip(node_flows, checker.check_flows(index, node_flows, pcap=str(path))):
+        for flow, result in zip(
+            node_flows, checker.check_flows(index, node_flows, pcap=str(path)), strict=True
+        ):
             per_peer.setdefault(flow.dst_node, []).append((flow, result))
         for peer, pairs in per_peer.items():
             out.append(_merge(f"wire {node} -> {peer}", pairs, str(path)))
@@ -136,7 +144,43 @@ def _merge(name: str, pairs: list[tuple[Flow, CheckResult]], pcap: str) -> Check
         return CheckResult(name, True, f"{len(pairs)}/{len(pairs)} pod pairs; e.g. {how}", pcap)
     shown = " | ".join(r.detail for r in bad[:2])
     more = f" (+{len(bad) - 2} more)" if len(bad) > 2 else ""
-    return CheckResult(name, False, f"{len(pairs) - len(bad)}/{len(pairs)} pod pairs ok; {shown}{more}", pcap)
+    return CheckResult(
+        name, False, f"{len(pairs) - len(bad)}/{len(pairs)} pod pairs ok; {shown}{more}", pcap
+    )
+
+
+def arp_table_fulls() -> int | None:
+    """The host kernel's count of 'neighbor table overflow' events (read-only).
+
+    Every namespace shares one ARP table sized by the host's gc_thresh3; when a lab outgrows
+    it, packets are dropped and verify must say so rather than blame the dataplane.
+    """
+    text = subprocess.run(
+        ["ip", "-s", "ntable", "show", "name", "arp_cache"], capture_output=True, text=True
+    ).stdout
+    for line in text.splitlines():
+        words = line.split()
+        if "table_fulls" in words:
+            return int(words[words.index("table_fulls") + 1])
+    return None
+
+
+def neighbour_check(before: int | None, after: int | None) -> CheckResult | None:
+    """A failing check when the host ARP table overflowed during the probes."""
+    if before is None or after is None or after == before:
+        return None
+    try:
+        limit = Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3").read_text().strip()
+    except OSError:
+        limit = "?"
+    return CheckResult(
+        "host neighbour table",
+        False,
+        f"the kernel's shared ARP table overflowed {after - before} times during the probes "
+        f"(host net.ipv4.neigh.default.gc_thresh3 = {limit}); failures above may be this, not "
+        "the dataplane. labctl never changes host sysctls: use fewer pods per node, or raise "
+        "gc_thresh2/gc_thresh3 on the host yourself",
+    )
 
 
 def verify(lab: str, with_mtu: bool = True) -> Report:
@@ -151,11 +195,15 @@ def verify(lab: str, with_mtu: bool = True) -> Report:
     cap = Capture(lab)
     nodes = [n.name for n in plan.node_ns()]
     cap.start({n: (pids[n], UNDERLAY_IF) for n in nodes}, outdir)
+    fulls_before = arp_table_fulls()
     try:
         results = probe(topo, pids, "tcp")
         results += probe(topo, pids, "udp")
     finally:
         pcaps = cap.stop()
+    overflow = neighbour_check(fulls_before, arp_table_fulls())
+    if overflow:
+        report.add(overflow)
     for c in connectivity_checks(results, topo, st.warnings):
         report.add(c)
     for c in wire_checks(plan.flows, pcaps, topo.cluster.podCIDR):

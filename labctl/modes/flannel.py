@@ -64,6 +64,7 @@ def veth_name(pod: Pod) -> str:
 
 # ---- vxlan ----
 
+
 def _vxlan_device(ns: NamespacePlan, topo: Topology, node: str, mtu: int) -> None:
     lease = topo.node_pod_cidrs[node]
     ns.links.append(
@@ -114,6 +115,7 @@ def _vxlan_direct_encap(peer: Peer) -> dict[str, Any]:
 
 
 # ---- host-gw ----
+
 
 def _hostgw_peer(ns: NamespacePlan, peer: Peer) -> None:
     # No onlink: the kernel refuses a gateway that is not on a connected prefix, which is the
@@ -192,7 +194,9 @@ def plan_flannel(topo: Topology, mode: Mode) -> Plan:
         if backend.device is not None:
             backend.device(ns, topo, node, pod_mtu)
         # The bridge plugin: cni0 with the gateway .1 of the lease, at the flannel MTU.
-        ns.links.append(Link(name=BRIDGE, kind="bridge", mtu=pod_mtu, mac=underlay_mac(node, BRIDGE)))
+        ns.links.append(
+            Link(name=BRIDGE, kind="bridge", mtu=pod_mtu, mac=underlay_mac(node, BRIDGE))
+        )
         ns.addresses.append(Address(BRIDGE, f"{gateway}/{lease.prefixlen}"))
         for pod in topo.pods_on(node):
             _plan_pod(plan, ns, pod, topo, pod_mtu, str(gateway))

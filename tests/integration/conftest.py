@@ -30,7 +30,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def labctl(*args: str, check: bool | int = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def labctl(
+    *args: str, check: bool | int = True, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     """Run the real CLI; `check` may be the exit code expected."""
     proc = subprocess.run([LABCTL, *args], capture_output=True, text=True, timeout=timeout)
     want = 0 if check is True else check
@@ -77,10 +79,13 @@ def host_snapshot() -> dict[str, str]:
         "routes6": _run("ip", "-6", "route", "show", "table", "all"),
         "rules": _run("ip", "rule", "show"),
         "neighbours": _run("ip", "neigh", "show", "nud", "permanent"),
-        "sysctls": "\n".join(s for s in sorted(sysctls) if "conntrack_count" not in s
-                             and "/stable_secret" not in s),
+        "sysctls": "\n".join(
+            s for s in sorted(sysctls) if "conntrack_count" not in s and "/stable_secret" not in s
+        ),
         "nftables": _run("nft", "list", "ruleset"),
         "iptables": re.sub(r"\[\d+:\d+\]|^#.*$", "", _run("iptables-save"), flags=re.M),
         # Only lab namespaces: other suites may build their own test namespaces meanwhile.
-        "netns": "\n".join(x for x in _run("ip", "netns", "list").splitlines() if x.startswith("labctl-")),
+        "netns": "\n".join(
+            x for x in _run("ip", "netns", "list").splitlines() if x.startswith("labctl-")
+        ),
     }

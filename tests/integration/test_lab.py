@@ -53,7 +53,10 @@ def test_host_gw_across_router_fails_with_reason(lab: list[str]) -> None:
     lab.append("hgw")
     up = labctl("up", "flannel-host-gw", "-t", "cross-subnet", "-n", "hgw")
     # Like flanneld: the refused route is logged as a warning and the lab still comes up.
-    assert "error adding route 10.244.2.0/24 via 10.0.1.33 dev eth0: Network is unreachable" in up.stderr
+    assert (
+        "error adding route 10.244.2.0/24 via 10.0.1.33 dev eth0: Network is unreachable"
+        in up.stderr
+    )
     report = labctl_json("verify", "-n", "hgw", check=1)
     assert not report["passed"]
     failed = {c["name"] for c in report["checks"] if not c["passed"]}
@@ -98,7 +101,9 @@ def test_down_after_sigkill_of_supervisor(lab: list[str]) -> None:
     labctl("up", "flannel-vxlan", "-n", "kill")
     st = state.load("kill")
     # Something long-running inside a pod, as a student would leave behind.
-    sleeper = subprocess.Popen([LABCTL, "exec", "-n", "kill", "default/web-1", "--", "sleep", "300"])
+    sleeper = subprocess.Popen(
+        [LABCTL, "exec", "-n", "kill", "default/web-1", "--", "sleep", "300"]
+    )
     time.sleep(0.3)
     os.kill(st.supervisor_pid, signal.SIGKILL)
     labctl("down", "-n", "kill")
@@ -108,8 +113,11 @@ def test_down_after_sigkill_of_supervisor(lab: list[str]) -> None:
 
 def test_down_after_sigkill_of_up(lab: list[str]) -> None:
     lab.append("killup")
-    proc = subprocess.Popen([LABCTL, "up", "flannel-vxlan", "-n", "killup"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [LABCTL, "up", "flannel-vxlan", "-n", "killup"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     # Kill it mid-way: once its state exists, before the lab is ready.
     deadline = time.monotonic() + 10
     while not (state.lab_dir("killup") / "state.json").exists() and time.monotonic() < deadline:
@@ -120,15 +128,24 @@ def test_down_after_sigkill_of_up(lab: list[str]) -> None:
     assert_gone("killup")
 
 
+SEG = "name: x\nsegments: {lan: {cidr: 10.0.0.0/24}}\n"
 BAD = {
-    "unknown key": ("name: x\nsegments: {lan: {cidr: 10.0.0.0/24}}\nnodes: {a: {segment: lan, ip: 10.0.0.2, colour: red}}\n",
-                    "nodes.a.colour"),
-    "bad name": ("name: x\nsegments: {lan: {cidr: 10.0.0.0/24}}\nnodes: {Node_A: {segment: lan, ip: 10.0.0.2}}\n",
-                 "DNS-1123"),
-    "ip outside segment": ("name: x\nsegments: {lan: {cidr: 10.0.0.0/24}}\nnodes: {a: {segment: lan, ip: 10.9.0.2}}\n",
-                           "nodes.a.ip"),
-    "pod on unknown node": ("name: x\nsegments: {lan: {cidr: 10.0.0.0/24}}\nnodes: {a: {segment: lan, ip: 10.0.0.2}}\n"
-                            "pods: [{name: p, node: b}]\n", "pods[0].node"),
+    "unknown key": (
+        SEG + "nodes: {a: {segment: lan, ip: 10.0.0.2, colour: red}}\n",
+        "nodes.a.colour",
+    ),
+    "bad name": (
+        SEG + "nodes: {Node_A: {segment: lan, ip: 10.0.0.2}}\n",
+        "DNS-1123",
+    ),
+    "ip outside segment": (
+        SEG + "nodes: {a: {segment: lan, ip: 10.9.0.2}}\n",
+        "nodes.a.ip",
+    ),
+    "pod on unknown node": (
+        SEG + "nodes: {a: {segment: lan, ip: 10.0.0.2}}\npods: [{name: p, node: b}]\n",
+        "pods[0].node",
+    ),
 }
 
 
@@ -155,13 +172,20 @@ def test_exec_files_exit_codes_and_binary_streams(lab: list[str]) -> None:
     labctl("up", "flannel-vxlan", "-n", "ex")
     env = labctl("exec", "-n", "ex", "node1", "--", "cat", "/run/flannel/subnet.env").stdout
     assert "FLANNEL_SUBNET=10.244.1.1/24" in env and "FLANNEL_MTU=1450" in env
-    conf = labctl("exec", "-n", "ex", "master", "--", "cat", "/etc/cni/net.d/10-flannel.conflist").stdout
+    conf = labctl(
+        "exec", "-n", "ex", "master", "--", "cat", "/etc/cni/net.d/10-flannel.conflist"
+    ).stdout
     assert '"cbr0"' in conf
-    assert not Path("/run/flannel/subnet.env").exists() or "10.244.1.1" not in Path(
-        "/run/flannel/subnet.env").read_text()
+    assert (
+        not Path("/run/flannel/subnet.env").exists()
+        or "10.244.1.1" not in Path("/run/flannel/subnet.env").read_text()
+    )
     assert labctl("exec", "-n", "ex", "master", "--", "sh", "-c", "exit 7", check=7).returncode == 7
-    blob = subprocess.run([LABCTL, "exec", "-n", "ex", "default/web-2", "--", "head", "-c", "4096",
-                           "/dev/urandom"], capture_output=True, check=True).stdout
+    blob = subprocess.run(
+        [LABCTL, "exec", "-n", "ex", "default/web-2", "--", "head", "-c", "4096", "/dev/urandom"],
+        capture_output=True,
+        check=True,
+    ).stdout
     assert len(blob) == 4096
     routes = labctl("exec", "-n", "ex", "master", "--", "ip", "route").stdout
     assert "10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink" in routes
@@ -171,8 +195,21 @@ def test_wire_check_catches_a_tampered_dataplane(lab: list[str]) -> None:
     """Negative: make master send node1's pods bare (host-gw style) in a vxlan lab."""
     lab.append("neg")
     labctl("up", "flannel-vxlan", "-n", "neg")
-    labctl("exec", "-n", "neg", "master", "--", "ip", "route", "replace", "10.244.1.0/24",
-           "via", "10.0.0.32", "dev", "eth0")
+    labctl(
+        "exec",
+        "-n",
+        "neg",
+        "master",
+        "--",
+        "ip",
+        "route",
+        "replace",
+        "10.244.1.0/24",
+        "via",
+        "10.0.0.32",
+        "dev",
+        "eth0",
+    )
     report = labctl_json("verify", "-n", "neg", "--no-mtu", check=1)
     failed = {c["name"]: c["detail"] for c in report["checks"] if not c["passed"]}
     assert "wire master -> node1" in failed
