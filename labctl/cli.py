@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from labctl import lifecycle, state
-from labctl.modes import MODES, UnknownModeError, get_mode
+from labctl.features import BadDatapath, MissingFeature, resolve_datapath
+from labctl.modes import DATAPATHS, MODES, UnknownModeError, get_mode
 from labctl.state import LAB_ENV, LabError
 from labctl.topology import TopologyError, load_topology, resolve_path
 
@@ -45,11 +46,11 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (TopologyError, UnknownModeError) as e:
+        except (TopologyError, UnknownModeError, BadDatapath) as e:
             fail(str(e), 2)
         except LabError as e:
             fail(str(e), getattr(e, "exit_code", 2))
-        except lifecycle.EnvironmentProblem as e:
+        except (lifecycle.EnvironmentProblem, MissingFeature) as e:
             fail(str(e), 3)
 
     wrapper.__name__ = fn.__name__
@@ -106,28 +107,48 @@ def modes(output: str) -> None:
     help="Topology file, or the name of one in topologies/.",
 )
 @click.option("-n", "--name", "lab", default=None, help="Lab name (default: the topology's name).")
+@click.option(
+    "--datapath",
+    type=click.Choice(["auto", *DATAPATHS]),
+    default="auto",
+    show_default=True,
+    help="For modes that need a kernel device this kernel may lack (ipip): kernel, "
+    "userspace (TUN + raw socket, same bytes on the wire), or auto.",
+)
 @OUTPUT
 @guarded
-def up(mode: str, topology: str, lab: str | None, output: str) -> None:
+def up(mode: str, topology: str, lab: str | None, datapath: str, output: str) -> None:
     """Build a lab in MODE and wait until it is ready; the lab keeps running."""
     m = get_mode(mode)
     path = resolve_path(topology)
     topo = load_topology(path)
-    m.plan(topo)  # a plan that cannot be made is bad input: fail before building anything
     lab = state.check_lab_name(lab or topo.name)
     lifecycle.check_environment()
+    chosen, why = resolve_datapath(m.kernel_feature, datapath)
+    m.plan(topo, chosen)  # a plan that cannot be made is bad input: fail before building
     started = time.monotonic()
     if output == "json":
-        st = lifecycle.up(lab, m.name, path, topo.name, lambda _: None)
+        st = lifecycle.up(
+            lab, m.name, path, topo.name, lambda _: None, chosen, [why] if why else []
+        )
     else:
         with out.status(f"bringing up {lab} ({m.name})") as status:
-            st = lifecycle.up(lab, m.name, path, topo.name, lambda p: status.update(f"{lab}: {p}"))
+            st = lifecycle.up(
+                lab,
+                m.name,
+                path,
+                topo.name,
+                lambda p: status.update(f"{lab}: {p}"),
+                chosen,
+                [why] if why else [],
+            )
     took = time.monotonic() - started
     if output == "json":
         emit_json(
             {
                 "lab": lab,
                 "mode": m.name,
+                "datapath": st.datapath,
                 "seconds": round(took, 3),
                 "warnings": st.warnings,
                 "notes": st.notes,
@@ -190,6 +211,8 @@ def status(lab: str | None, output: str) -> None:
         )
         for w in doc["warnings"]:
             out.print(f"  [yellow]warning:[/yellow] {w}", highlight=False)
+        for n in doc["notes"]:
+            out.print(f"  [cyan]note:[/cyan] {n}", highlight=False)
         t = Table("node", "ip", "podCIDR", "gateway")
         for n in doc["nodes"]:
             t.add_row(n["name"], n["ip"], n["podCIDR"], n["gateway"] or "-")
@@ -213,6 +236,7 @@ def _status_doc(lab: str) -> dict[str, Any]:
         "mode": st.mode,
         "topology": st.topology_name,
         "status": st.status,
+        "datapath": st.datapath,
         "readySeconds": st.ready_after,
         "warnings": st.warnings,
         "notes": st.notes,

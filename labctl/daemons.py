@@ -10,12 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from labctl import state
+from labctl.datapath import ipip, udpproxy
 from labctl.nsutil import enter_netns_path, netns_path
 from labctl.plan import Plan
 
-# kind -> function(config_path) returning the argv to run; filled by the datapath modules.
-ARGV: dict[str, Callable[[str], list[str]]] = {}
+# kind -> function(config_path) returning the argv to run.
+ARGV: dict[str, Callable[[str], list[str]]] = {"udpproxy": udpproxy.argv, "ipip": ipip.argv}
 MAX_RESTARTS = 5
+READY_TIMEOUT = 10.0
 
 
 @dataclass
@@ -60,6 +62,12 @@ class Group:
                 popen = self._spawn(pids[ns.name], argv, log)
                 self.procs.append(_Proc(name, pids[ns.name], argv, log, popen))
                 st.processes[name] = popen.pid
+        for p in self.procs:
+            _wait_ready(p)
+
+    def alive(self) -> dict[str, bool]:
+        """Which daemons are running right now (for status)."""
+        return {p.name: p.popen.poll() is None for p in self.procs}
 
     def check(self, st: state.LabState) -> bool:
         """Restart daemons that died; return True if anything changed."""
@@ -94,3 +102,22 @@ class Group:
             except subprocess.TimeoutExpired:
                 p.popen.kill()
                 p.popen.wait()
+
+
+class DaemonFailed(RuntimeError):
+    """A daemon exited or never said it was ready."""
+
+
+def _wait_ready(p: _Proc) -> None:
+    """Block until the daemon prints its `ready` line (the datapaths' start-up handshake)."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        with open(p.log, "rb") as f:
+            if b"ready\n" in f.read():
+                return
+        if p.popen.poll() is not None:
+            with open(p.log, errors="replace") as f:
+                tail = f.read().strip().splitlines()[-1:]
+            raise DaemonFailed(f"{p.name} exited ({p.popen.returncode}): {' '.join(tail)}")
+        time.sleep(0.01)
+    raise DaemonFailed(f"{p.name} did not become ready within {READY_TIMEOUT:.0f}s (log {p.log})")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from labctl.nsutil import in_netns, netns_path, write_sysctl
+from labctl.nsutil import in_netns, netns_path, nsenter_argv, write_sysctl
 from labctl.plan import Link, NamespacePlan, Plan, Route
 
 NUD_PERMANENT = 0x80
@@ -67,6 +68,8 @@ def _create_link(ip: IPRoute, link: Link, pids: dict[str, int]) -> None:
             ip.link("add", kind="veth", peer=peer, **common)
         finally:
             os.close(peer_fd)
+    elif link.kind == "ipip":
+        ip.link("add", kind="ipip", ipip_local=link.local, **common)
     elif link.kind == "tun":
         # Persistent, so the userspace datapath can restart without losing routes.
         ip.link("add", ifname=link.name, kind="tuntap", mode="tun", ifr={"no_pi": True})
@@ -86,8 +89,10 @@ def _route_args(ip: IPRoute, route: Route) -> dict[str, object]:
     args: dict[str, object] = {"dst": "0.0.0.0/0" if route.dst == "default" else route.dst}
     if route.type == "blackhole":
         args["type"] = "blackhole"
+        if route.proto is not None:
+            args["proto"] = route.proto
         return args
-    args["proto"] = RTPROT_BOOT
+    args["proto"] = route.proto if route.proto is not None else RTPROT_BOOT
     if route.via:
         args["gateway"] = route.via
     if route.dev:
@@ -168,7 +173,19 @@ def apply_namespace(ns: NamespacePlan, pid: int, pids: dict[str, int]) -> list[s
             raise EngineError(f"{ns.name}: {step}: {os.strerror(code or errno.EINVAL)}") from e
     for path, content in ns.files.items():
         _write_file(pid, path, content)
+    for dev, features in ns.offloads_off.items():
+        _offloads_off(pid, dev, features)
     return warnings
+
+
+def _offloads_off(pid: int, dev: str, features: list[str]) -> None:
+    # ethtool's feature names are stable and documented; its netlink API is not in pyroute2.
+    argv = nsenter_argv(
+        pid, ["ethtool", "-K", dev, *[x for f in features for x in (f, "off")]], mount=False
+    )
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise EngineError(f"ethtool -K {dev}: {proc.stderr.strip()}")
 
 
 def _write_file(pid: int, path: str, content: str) -> None:

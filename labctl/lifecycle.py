@@ -78,6 +78,8 @@ def up(
     topology_file: Path,
     topology_name: str,
     progress: Callable[[str], None],
+    datapath: str = "kernel",
+    notes: list[str] | None = None,
 ) -> LabState:
     """Start the supervisor for a validated lab and wait until it is ready.
 
@@ -85,7 +87,8 @@ def up(
     """
     if lab in state.list_labs() or os.path.exists(f"/run/netns/{state.netns_name(lab)}"):
         raise LabError(f"lab {lab!r} is already up; 'labctl down -n {lab}' first, or pick -n NAME")
-    st = LabState(lab=lab, mode=mode, topology="", topology_name=topology_name)
+    st = LabState(lab=lab, mode=mode, topology="", topology_name=topology_name, datapath=datapath)
+    st.notes = list(notes or [])
     st.dir.mkdir(parents=True, exist_ok=True)
     copy = st.dir / "topology.yaml"
     shutil.copyfile(topology_file, copy)

@@ -13,6 +13,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Literal
 
 from labctl.checker import Flow, WireSpec
+from labctl.frr import BgpSpeaker
 from labctl.topology import Topology
 
 Role = Literal["node", "pod", "router"]
@@ -31,7 +32,7 @@ class Link:
     """A device the engine creates (Mininet already made the underlay veths)."""
 
     name: str
-    kind: Literal["bridge", "vxlan", "veth", "tun", "ipip"]
+    kind: Literal["bridge", "vxlan", "veth", "tun", "ipip"]  # tun: a persistent TUN device
     mtu: int | None = None
     mac: str | None = None
     master: str | None = None
@@ -64,6 +65,7 @@ class Route:
     onlink: bool = False
     scope: Literal["link", "global"] | None = None
     type: Literal["unicast", "blackhole"] = "unicast"
+    proto: int | None = None  # None: boot (3), as `ip route add` and flanneld leave it
     # flanneld logs a rejected route and carries on (host-gw off-link peers): so do we.
     best_effort: bool = False
     why: str = ""
@@ -107,6 +109,10 @@ class NamespacePlan:
     files: dict[str, str] = field(default_factory=dict)
     daemons: list[Daemon] = field(default_factory=list)
     private_dirs: list[str] = field(default_factory=list)
+    # Offloads to turn off per device, so a capture on a veth shows what a real wire would.
+    offloads_off: dict[str, list[str]] = field(default_factory=dict)
+    # The node's or router's BGP speaker (FRR), started once the underlay passes traffic.
+    bgp: BgpSpeaker | None = None
 
 
 @dataclass
@@ -125,6 +131,7 @@ class Plan:
 
     mode: str
     topology: str
+    datapath: str  # "kernel", or "userspace" where a kernel feature is missing
     namespaces: dict[str, NamespacePlan]
     attachments: list[Attachment]
     flows: list[Flow]
@@ -180,7 +187,9 @@ def underlay_mac(ns: str, ifname: str) -> str:
     return stable_mac(ns, ifname)
 
 
-def base_plan(topo: Topology, mode: str, wire: list[WireSpec], pod_mtu: int) -> Plan:
+def base_plan(
+    topo: Topology, mode: str, wire: list[WireSpec], pod_mtu: int, datapath: str = "kernel"
+) -> Plan:
     """The mode-independent part: underlay wiring, node and router addressing, gateways."""
     namespaces: dict[str, NamespacePlan] = {}
     attachments: list[Attachment] = []
@@ -210,6 +219,7 @@ def base_plan(topo: Topology, mode: str, wire: list[WireSpec], pod_mtu: int) -> 
     return Plan(
         mode=mode,
         topology=topo.name,
+        datapath=datapath,
         namespaces=namespaces,
         attachments=attachments,
         flows=[],

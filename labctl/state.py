@@ -55,6 +55,7 @@ class LabState:
     mode: str
     topology: str  # path of the topology copy in the state dir
     topology_name: str = ""
+    datapath: str = "kernel"
     status: str = "starting"  # starting | ready | failed | stopping
     phase: str = ""
     error: str = ""

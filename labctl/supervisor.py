@@ -14,7 +14,7 @@ import time
 import traceback
 from types import FrameType
 
-from labctl import daemons, engine, state, wiring
+from labctl import daemons, engine, routing, state, wiring
 from labctl.listeners import PodServers
 from labctl.modes import get_mode
 from labctl.topology import load_topology
@@ -43,9 +43,10 @@ def run(lab: str) -> int:
     signal.signal(signal.SIGHUP, _on_signal)
     servers = PodServers()
     group = daemons.Group(lab)
+    speakers = routing.Speakers()
     try:
         topo = load_topology(st.topology)
-        plan = get_mode(st.mode).plan(topo)
+        plan = get_mode(st.mode).plan(topo, st.datapath)
         phase("creating namespaces")
         pids: dict[str, int] = {}
 
@@ -58,10 +59,13 @@ def run(lab: str) -> int:
         st.save()
         phase("programming the dataplane")
         st.warnings = engine.apply(plan, pids, phase)
-        st.notes = list(plan.notes)
+        st.notes += [n for n in plan.notes if n not in st.notes]
         phase("starting pod servers and daemons")
         servers.open(topo, pids)
         group.start(plan, pids, st)
+        for name, dpids in speakers.start(plan, pids, phase).items():
+            for dpid in dpids:
+                st.processes[f"{name}:frr:{dpid}"] = dpid
         st.status = "ready"
         st.phase = ""
         st.ready_after = round(time.monotonic() - started, 3)
@@ -82,6 +86,7 @@ def run(lab: str) -> int:
         st.save()
         return 1
     finally:
+        speakers.stop()
         group.stop()
         servers.close()
 

@@ -188,7 +188,8 @@ def verify(lab: str, with_mtu: bool = True) -> Report:
     started = time.monotonic()
     st = state.load(lab)
     topo = load_topology(st.topology)
-    plan = get_mode(st.mode).plan(topo)
+    mode = get_mode(st.mode)
+    plan = mode.plan(topo, st.datapath)
     pids = {name: rec.pid for name, rec in st.namespaces.items()}
     report = Report(lab=lab, mode=st.mode, notes=list(st.notes))
     outdir = CAPTURE_ROOT / lab / st.mode
@@ -208,6 +209,9 @@ def verify(lab: str, with_mtu: bool = True) -> Report:
         report.add(c)
     for c in wire_checks(plan.flows, pcaps, topo.cluster.podCIDR):
         report.add(c)
+    if mode.checks is not None:
+        for c in mode.checks(topo, plan, pids):
+            report.add(c)
     if with_mtu and len({p.node for p in topo.pods}) > 1:
         for c in mtu_checks(topo, plan, pids):
             report.add(c)

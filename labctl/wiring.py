@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from labctl import frr
 from labctl.plan import Plan
 
 
@@ -42,7 +43,8 @@ def build(
     for i, ns in enumerate(plan.namespaces.values()):
         if progress and i % 25 == 0:
             progress(f"creating namespaces ({i + 1}/{len(plan.namespaces)})")
-        host = net.addHost(f"h{i}", privateDirs=list(ns.private_dirs))
+        dirs = list(ns.private_dirs) + (list(frr.PRIVATE_DIRS) if ns.bgp else [])
+        host = net.addHost(f"h{i}", privateDirs=dirs)
         hosts[ns.name] = host
         on_namespace(ns.name, host.pid)
     segments = sorted({a.segment for a in plan.attachments})

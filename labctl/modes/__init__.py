@@ -7,11 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from labctl.checker import WireSpec
+from labctl.checker import CheckResult, WireSpec
 
 if TYPE_CHECKING:
     from labctl.plan import Plan
     from labctl.topology import Topology
+
+DATAPATHS = ("kernel", "userspace")
 
 
 @dataclass(frozen=True)
@@ -24,15 +26,20 @@ class Mode:
     wire: str  # what node-to-node traffic looks like, for people
     overhead: int  # bytes of encapsulation: pod MTU = underlay MTU - overhead
     enforces_policy: bool
-    planner: Callable[[Topology, Mode], Plan]
+    planner: Callable[[Topology, Mode, str], Plan]
     wire_specs: tuple[WireSpec, ...]  # every way pod traffic may cross the wire
+    # The kernel device the mode needs that a kernel may lack ("ipip"): such a mode has a
+    # userspace datapath too, chosen with `up --datapath`.
+    kernel_feature: str | None = None
+    # Mode-specific checks verify runs besides the wire (e.g. BGP sessions, kernel routes).
+    checks: Callable[[Topology, Plan, dict[str, int]], list[CheckResult]] | None = None
 
     def pod_mtu(self, underlay_mtu: int = 1500) -> int:
         return underlay_mtu - self.overhead
 
-    def plan(self, topo: Topology) -> Plan:
+    def plan(self, topo: Topology, datapath: str = "kernel") -> Plan:
         """Desired kernel state of every namespace for this mode on `topo`."""
-        return self.planner(topo, self)
+        return self.planner(topo, self, datapath)
 
 
 MODES: dict[str, Mode] = {}

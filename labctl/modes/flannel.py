@@ -17,6 +17,7 @@ from labctl.modes import Mode, register
 from labctl.plan import (
     UNDERLAY_IF,
     Address,
+    Daemon,
     Fdb,
     Link,
     NamespacePlan,
@@ -34,6 +35,10 @@ from labctl.plan import (
 from labctl.render import render
 from labctl.topology import Pod, Topology
 
+USERSPACE_NOTE = (
+    "userspace IPIP datapath: a TUN device plus a raw IP-protocol-4 socket per node "
+    "(labctl.datapath.ipip) puts the same bytes on the wire as the kernel's ipip device"
+)
 BRIDGE = "cni0"
 VXLAN_DEV = "flannel.1"
 VXLAN_VNI = 1
@@ -48,8 +53,9 @@ class Backend:
     type: str  # flannel's Backend.Type
     overhead: int
     options: dict[str, Any] = field(default_factory=dict)  # net-conf.json Backend options
-    # Programs the tunnel device (if any) on one node.
-    device: Callable[[NamespacePlan, Topology, str, int], None] | None = None
+    # Programs the tunnel device (if any) on one node: (ns, topo, node, mtu, datapath, peers).
+    device: Callable[[NamespacePlan, Topology, str, int, str, list[Peer]], None] | None = None
+    kernel_feature: str | None = None
     # Programs what a node needs to reach one peer.
     per_peer: Callable[[NamespacePlan, Peer], None] = lambda ns, peer: None
     # How a packet from a pod on node A to a pod on node B crosses the wire.
@@ -65,7 +71,9 @@ def veth_name(pod: Pod) -> str:
 # ---- vxlan ----
 
 
-def _vxlan_device(ns: NamespacePlan, topo: Topology, node: str, mtu: int) -> None:
+def _vxlan_device(
+    ns: NamespacePlan, topo: Topology, node: str, mtu: int, datapath: str, peers: list[Peer]
+) -> None:
     lease = topo.node_pod_cidrs[node]
     ns.links.append(
         Link(
@@ -135,6 +143,65 @@ def _hostgw_encap(peer: Peer) -> dict[str, Any]:
     return {"encap": "bare", "next_hop_mac": underlay_mac(peer.name, UNDERLAY_IF)}
 
 
+# ---- udp (flanneld's userspace proxy) ----
+
+UDP_DEV = "flannel0"
+UDP_PORT = 8285
+
+
+def _peer_routes(peers: list[Peer]) -> list[dict[str, str]]:
+    return [{"subnet": str(p.pod_cidr), "node_ip": str(p.ip)} for p in peers]
+
+
+def _udp_device(
+    ns: NamespacePlan, topo: Topology, node: str, mtu: int, datapath: str, peers: list[Peer]
+) -> None:
+    lease = topo.node_pod_cidrs[node]
+    ns.links.append(Link(name=UDP_DEV, kind="tun", mtu=mtu))
+    ns.addresses.append(Address(UDP_DEV, f"{lease.network_address}/32"))
+    # One route for the whole network into the TUN; the proxy picks the peer.
+    ns.routes.append(Route(dst=str(topo.cluster.podCIDR), dev=UDP_DEV))
+    ns.daemons.append(
+        Daemon(
+            "udpproxy",
+            {
+                "tun": UDP_DEV,
+                "local_ip": str(topo.nodes[node].ip),
+                "port": UDP_PORT,
+                "routes": _peer_routes(peers),
+            },
+        )
+    )
+    # The proxy batches with UDP GSO; a veth passes such super-datagrams unsegmented, so
+    # turn segmentation offload off to make the capture show what a real NIC would send.
+    ns.offloads_off[UNDERLAY_IF] = ["tx-udp-segmentation"]
+
+
+# ---- ipip ----
+
+IPIP_DEV = "flannel.ipip"
+
+
+def _ipip_device(
+    ns: NamespacePlan, topo: Topology, node: str, mtu: int, datapath: str, peers: list[Peer]
+) -> None:
+    lease = topo.node_pod_cidrs[node]
+    local = str(topo.nodes[node].ip)
+    if datapath == "kernel":
+        ns.links.append(Link(name=IPIP_DEV, kind="ipip", local=local, mtu=mtu))
+    else:
+        ns.links.append(Link(name=IPIP_DEV, kind="tun", mtu=mtu))
+        ns.daemons.append(
+            Daemon("ipip", {"tun": IPIP_DEV, "local_ip": local, "routes": _peer_routes(peers)})
+        )
+    ns.addresses.append(Address(IPIP_DEV, f"{lease.network_address}/32"))
+
+
+def _ipip_peer(ns: NamespacePlan, peer: Peer) -> None:
+    # The tunnel's remote is "any": the kernel takes the route's gateway as outer destination.
+    ns.routes.append(Route(dst=str(peer.pod_cidr), via=str(peer.ip), dev=IPIP_DEV, onlink=True))
+
+
 VXLAN_WIRE = WireSpec("vxlan", VXLAN_PORT, VXLAN_VNI)
 
 BACKENDS: dict[str, Backend] = {
@@ -156,6 +223,24 @@ BACKENDS: dict[str, Backend] = {
         encap_for=_vxlan_direct_encap,
         wire=(VXLAN_WIRE, WireSpec("bare")),
     ),
+    "flannel-udp": Backend(
+        type="udp",
+        overhead=28,
+        options={"Type": "udp", "Port": UDP_PORT},
+        device=_udp_device,
+        encap_for=lambda peer: {"encap": "udp", "port": UDP_PORT},
+        wire=(WireSpec("udp", UDP_PORT),),
+    ),
+    "flannel-ipip": Backend(
+        type="ipip",
+        overhead=20,
+        options={"Type": "ipip"},
+        device=_ipip_device,
+        per_peer=_ipip_peer,
+        encap_for=lambda peer: {"encap": "ipip"},
+        wire=(WireSpec("ipip"),),
+        kernel_feature="ipip",
+    ),
     "flannel-host-gw": Backend(
         type="host-gw",
         overhead=0,
@@ -167,11 +252,13 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
-def plan_flannel(topo: Topology, mode: Mode) -> Plan:
+def plan_flannel(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
     """Flannel's per-node state: lease files, `cni0`, pod veths, backend device and peers."""
     backend = BACKENDS[mode.name]
     pod_mtu = mode.pod_mtu()
-    plan = base_plan(topo, mode.name, list(mode.wire_specs), pod_mtu)
+    plan = base_plan(topo, mode.name, list(mode.wire_specs), pod_mtu, datapath)
+    if datapath == "userspace":
+        plan.notes.append(USERSPACE_NOTE)
     network = topo.cluster.podCIDR
     peers = {node: {p.name: p for p in peers_of(topo, node, VXLAN_DEV)} for node in topo.nodes}
     for node in topo.nodes:
@@ -192,7 +279,7 @@ def plan_flannel(topo: Topology, mode: Mode) -> Plan:
             "net-conf.json.j2", network=network, backend=backend.options
         )
         if backend.device is not None:
-            backend.device(ns, topo, node, pod_mtu)
+            backend.device(ns, topo, node, pod_mtu, datapath, list(peers[node].values()))
         # The bridge plugin: cni0 with the gateway .1 of the lease, at the flannel MTU.
         ns.links.append(
             Link(name=BRIDGE, kind="bridge", mtu=pod_mtu, mac=underlay_mac(node, BRIDGE))
@@ -256,6 +343,7 @@ def _mode(name: str, summary: str, wire: str) -> Mode:
         enforces_policy=False,
         planner=plan_flannel,
         wire_specs=BACKENDS[name].wire,
+        kernel_feature=BACKENDS[name].kernel_feature,
     )
 
 
@@ -269,6 +357,16 @@ register(
         "flannel-vxlan-directrouting",
         "as flannel-vxlan; peers on the same subnet get a plain route via their node IP",
         "same subnet: bare pod IPs; across routers: UDP 8472 VXLAN VNI 1",
+    ),
+    _mode(
+        "flannel-udp",
+        "cni0 bridge; flannel0 TUN, network route into it; userspace proxy (debug only, slow)",
+        "UDP 8285, payload = the bare inner pod IP packet",
+    ),
+    _mode(
+        "flannel-ipip",
+        "cni0 bridge; flannel.ipip; peer subnets via the peer node IP dev flannel.ipip onlink",
+        "IP protocol 4, outer node IPs, inner pod IPs",
     ),
     _mode(
         "flannel-host-gw",

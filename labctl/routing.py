@@ -1,0 +1,65 @@
+"""The lab's BGP speakers: one set of FRR daemons per node or router whose plan has one,
+started once the underlay passes traffic and considered up when every session is
+Established."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+
+from labctl import frr
+from labctl.nsutil import nsenter_argv
+from labctl.plan import Plan
+
+SESSION_TIMEOUT = 60.0
+
+
+class Speakers:
+    """FRR daemons of one lab, keyed by namespace name."""
+
+    def __init__(self) -> None:
+        self.daemons: dict[str, tuple[int, list[int]]] = {}
+
+    def start(
+        self, plan: Plan, pids: dict[str, int], progress: Callable[[str], None]
+    ) -> dict[str, list[int]]:
+        """Start every speaker and wait for its sessions; return daemon pids per namespace."""
+        speakers = {n.name: n.bgp for n in plan.namespaces.values() if n.bgp is not None}
+        if not speakers:
+            return {}
+        progress("waiting for the underlay")
+        # A session's first SYN can be lost to a cold ARP cache on a fresh bridge, and bgpd
+        # then waits a whole connect-retry interval: warm the path first.
+        _reach_all({name: [str(nb.ip) for nb in s.neighbors] for name, s in speakers.items()}, pids)
+        progress(f"starting FRR on {len(speakers)} speakers")
+        for name, speaker in speakers.items():
+            self.daemons[name] = (pids[name], frr.start(pids[name], speaker))
+        progress("waiting for BGP sessions")
+        for name, speaker in speakers.items():
+            frr.wait_established(pids[name], len(speaker.neighbors), SESSION_TIMEOUT)
+        return {name: d for name, (_, d) in self.daemons.items()}
+
+    def stop(self) -> None:
+        """Stop every speaker cleanly (zebra then withdraws its routes)."""
+        for pid, daemon_pids in self.daemons.values():
+            frr.stop(pid, daemon_pids)
+        self.daemons.clear()
+
+
+def _reach_all(targets: dict[str, list[str]], pids: dict[str, int], timeout: float = 10.0) -> None:
+    """Ping every neighbour from each speaker until all answer (or `timeout`)."""
+    pending = {(name, ip) for name, ips in targets.items() for ip in ips}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        procs = {
+            key: subprocess.Popen(
+                nsenter_argv(
+                    pids[key[0]], ["ping", "-n", "-q", "-c", "1", "-W", "1", key[1]], mount=False
+                ),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for key in pending
+        }
+        pending = {key for key, p in procs.items() if p.wait() != 0}
