@@ -3,6 +3,9 @@ generated large one. Figures, not pass/fail: speed is measured here, never in ti
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -12,6 +15,10 @@ from typing import Any
 import yaml
 
 from labctl import lifecycle
+from labctl.features import resolve_datapath
+from labctl.modes import get_mode
+from labctl.nsutil import nsenter_argv
+from labctl.state import LAB_ENV
 from labctl.topology import load_topology, resolve_path
 from labctl.verify import verify
 
@@ -42,7 +49,7 @@ def measure(mode: str, topology: Path, lab: str, with_mtu: bool = True) -> dict[
     }
     t0 = time.monotonic()
     try:
-        lifecycle.up(lab, mode, topology, topo.name, lambda _: None)
+        lifecycle.up(lab, mode, topology, topo.name, lambda _: None, _datapath(mode))
         t1 = time.monotonic()
         report = verify(lab, with_mtu=with_mtu)
         t2 = time.monotonic()
@@ -58,6 +65,42 @@ def measure(mode: str, topology: Path, lab: str, with_mtu: bool = True) -> dict[
         lifecycle.down(lab)
         row["down"] = round(time.monotonic() - t3, 2)
     return row
+
+
+def throughput(mode: str, seconds: int = 5, lab: str = "bench") -> dict[str, Any]:
+    """iperf3 pod to pod across two nodes (two-node.yaml) in `mode`; Gbit/s received."""
+    topo_path = resolve_path("two-node")
+    topo = load_topology(topo_path)
+    src, dst = topo.pods[0], topo.pods[1]
+    try:
+        st = lifecycle.up(lab, mode, topo_path, topo.name, lambda _: None, _datapath(mode))
+        env = dict(os.environ, **{LAB_ENV: lab})
+        server = subprocess.Popen(
+            nsenter_argv(st.pid_of(dst.key), ["iperf3", "-s", "-1"], mount=False),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        time.sleep(0.3)  # iperf3 has no readiness signal; it listens within milliseconds
+        argv = ["iperf3", "-c", str(topo.pod_ips[dst.key]), "-t", str(seconds), "-J"]
+        res = subprocess.run(
+            nsenter_argv(st.pid_of(src.key), argv, mount=False),
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        server.wait(10)
+        doc = json.loads(res.stdout)
+        if "error" in doc:
+            raise RuntimeError(f"iperf3 in {mode}: {doc['error']}")
+        gbps = doc["end"]["sum_received"]["bits_per_second"] / 1e9
+        return {"mode": mode, "datapath": st.datapath, "gbps": round(gbps, 3)}
+    finally:
+        lifecycle.down(lab)
+
+
+def _datapath(mode: str) -> str:
+    return resolve_datapath(get_mode(mode).kernel_feature, "auto")[0]
 
 
 def run(
