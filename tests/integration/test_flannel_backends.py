@@ -10,6 +10,7 @@ import pytest
 from labctl.features import can_create
 
 from .conftest import LABCTL, labctl, labctl_json
+from .test_lab import assert_gone
 
 pytestmark = pytest.mark.root
 
@@ -131,8 +132,4 @@ def test_userspace_datapath_survives_iperf3_soak(lab: list[str], mode: str) -> N
     status = labctl_json("status", "-n", "soak")
     assert not [w for w in status["warnings"] if "restarted" in w]
     labctl("down", "-n", "soak")
-    leftovers = subprocess.run(["pgrep", "-f", "labctl.datapath"], capture_output=True, text=True)
-    assert leftovers.stdout.strip() == "" or all(
-        "LABCTL_LAB=soak" not in open(f"/proc/{p}/environ", errors="replace").read()
-        for p in leftovers.stdout.split()
-    )
+    assert_gone("soak")
