@@ -64,4 +64,4 @@ def get_mode(name: str) -> Mode:
 
 
 # Importing the family modules registers their modes.
-from labctl.modes import flannel  # noqa: E402, F401
+from labctl.modes import calico, flannel  # noqa: E402, F401
