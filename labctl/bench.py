@@ -94,7 +94,9 @@ def throughput(mode: str, seconds: int = 5, lab: str = "bench") -> dict[str, Any
         if "error" in doc:
             raise RuntimeError(f"iperf3 in {mode}: {doc['error']}")
         gbps = doc["end"]["sum_received"]["bits_per_second"] / 1e9
-        return {"mode": mode, "datapath": st.datapath, "gbps": round(gbps, 3)}
+        # Only modes with a kernel/userspace choice have a datapath worth naming.
+        datapath = st.datapath if get_mode(mode).kernel_feature else "-"
+        return {"mode": mode, "datapath": datapath, "gbps": round(gbps, 3)}
     finally:
         lifecycle.down(lab)
 
