@@ -196,12 +196,16 @@ def down(lab: str | None, all_: bool, output: str) -> None:
 @OUTPUT
 @guarded
 def status(lab: str | None, output: str) -> None:
-    """Show the lab: mode, nodes, routers, pods."""
-    names = [state.resolve(lab)] if lab or len(state.list_labs()) <= 1 else state.list_labs()
-    docs = [_status_doc(n) for n in names]
+    """Show the lab: mode, nodes, routers, pods (for people, every lab when -n is not given)."""
     if output == "json":
-        emit_json(docs[0] if len(docs) == 1 else docs)
+        # One document, for the one lab meant (the contract: -n, or the only lab up).
+        emit_json(_status_doc(state.resolve(lab)))
         return
+    names = [state.resolve(lab)] if lab else state.list_labs()
+    if not names:
+        out.print("no labs are up")
+        return
+    docs = [_status_doc(n) for n in names]
     for doc in docs:
         out.print(
             f"[bold]lab {doc['lab']}[/bold]: {doc['mode']} on {doc['topology']} "
