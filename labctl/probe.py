@@ -56,18 +56,17 @@ def probe(
     time to recycle idle entries.
     """
     _raise_fd_limit()
-    run = _tcp_batch if protocol == "tcp" else _udp_batch
     results: dict[tuple[str, str], Result] = {}
     for s in topo.pods:
         pairs = [(s, d) for d in topo.pods if s.key != d.key]
         for i in range(0, len(pairs), BATCH):
-            for r in run(topo, pids, pairs[i : i + BATCH], port, timeout):
+            for r in _batch(topo, pids, pairs[i : i + BATCH], port, timeout, protocol):
                 results[(r.src, r.dst)] = r
     pods = {p.key: p for p in topo.pods}
     retry = [(pods[r.src], pods[r.dst]) for r in results.values() if r.detail.startswith("timeout")]
     if retry and len(retry) < len(results):
         for i in range(0, len(retry), BATCH):
-            for r in run(topo, pids, retry[i : i + BATCH], port, timeout):
+            for r in _batch(topo, pids, retry[i : i + BATCH], port, timeout, protocol):
                 results[(r.src, r.dst)] = r
     return [results[(s.key, d.key)] for s in topo.pods for d in topo.pods if s.key != d.key]
 
@@ -76,48 +75,61 @@ def _target(topo: Topology, dst: Pod, port: int | None, protocol: str) -> tuple[
     return str(topo.pod_ips[dst.key]), port or default_port(dst, protocol)
 
 
-def _tcp_batch(
+def _batch(
     topo: Topology,
     pids: dict[str, int],
     pairs: list[tuple[Pod, Pod]],
     port: int | None,
     timeout: float,
+    protocol: str,
 ) -> list[Result]:
+    """Probe `pairs` concurrently: sockets opened in each source pod, one selector for all."""
     sel = selectors.DefaultSelector()
-    results: dict[int, Result] = {}
-    by_src: dict[str, list[tuple[int, Pod, Pod]]] = {}
-    for n, (s, d) in enumerate(pairs):
-        by_src.setdefault(s.key, []).append((n, s, d))
     socks: dict[int, socket.socket] = {}
-    for src_key, items in by_src.items():
-        with in_netns(pids[src_key]):
-            for n, s, d in items:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sock.setblocking(False)
-                code = sock.connect_ex(_target(topo, d, port, "tcp"))
-                if code not in (0, errno.EINPROGRESS):
-                    results[n] = Result(s.key, d.key, False, os.strerror(code))
-                    sock.close()
-                    continue
-                socks[n] = sock
-                sel.register(sock, selectors.EVENT_READ, n)
+    results: dict[int, Result] = {}
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    for n, (s, d) in enumerate(pairs):
+        with in_netns(pids[s.key]):
+            sock = socket.socket(socket.AF_INET, kind)
+            sock.setblocking(False)
+            # UDP connect() too, so ICMP unreachables come back as errors on this socket.
+            code = sock.connect_ex(_target(topo, d, port, protocol))
+        if code not in (0, errno.EINPROGRESS):
+            results[n] = Result(s.key, d.key, False, os.strerror(code))
+            sock.close()
+            continue
+        socks[n] = sock
+        sel.register(sock, selectors.EVENT_READ, n)
     deadline = time.monotonic() + timeout
+    # UDP may lose a datagram to neighbour resolution: resend a few times. TCP retries itself.
+    resend_every = timeout / 4 if protocol == "udp" else timeout
+    next_send = time.monotonic() if protocol == "udp" else deadline
     while socks and time.monotonic() < deadline:
-        for key, _ in sel.select(max(0.0, deadline - time.monotonic())):
+        now = time.monotonic()
+        if now >= next_send:
+            for sock in socks.values():
+                # An error here comes back from recv below, with the pair it belongs to.
+                with contextlib.suppress(OSError):
+                    sock.send(b"probe")
+            next_send = now + resend_every
+        for key, _ in sel.select(max(0.0, min(next_send, deadline) - time.monotonic())):
             n = key.data
-            sock = socks.pop(n)
-            sel.unregister(sock)
-            s, d = pairs[n]
             try:
-                data = sock.recv(256)
-                err = 0
+                data, err = socks[n].recv(256), 0
+            except BlockingIOError:
+                continue
             except OSError as e:
                 data, err = b"", e.errno or 0
+            sock = socks.pop(n)
+            sel.unregister(sock)
             sock.close()
-            results[n] = _judge(s, d, data, err)
+            src, dst = pairs[n]
+            results[n] = _judge(src, dst, data, err)
     for n, sock in socks.items():
         sock.close()
-        results[n] = Result(pairs[n][0].key, pairs[n][1].key, False, "timeout")
+        results[n] = Result(
+            pairs[n][0].key, pairs[n][1].key, False, f"timeout (no {protocol} answer)"
+        )
     sel.close()
     return [results[n] for n in range(len(pairs))]
 
@@ -131,55 +143,3 @@ def _judge(s: Pod, d: Pod, data: bytes, err: int) -> Result:
     if not answer:
         return Result(s.key, d.key, False, "connection closed without an answer")
     return Result(s.key, d.key, False, f"answered by {answer}, not {d.key}")
-
-
-def _udp_batch(
-    topo: Topology,
-    pids: dict[str, int],
-    pairs: list[tuple[Pod, Pod]],
-    port: int | None,
-    timeout: float,
-) -> list[Result]:
-    sel = selectors.DefaultSelector()
-    socks: dict[int, tuple[socket.socket, tuple[str, int]]] = {}
-    results: dict[int, Result] = {}
-    for n, (s, d) in enumerate(pairs):
-        with in_netns(pids[s.key]):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            # connect() so ICMP port/host unreachable comes back as an error on this socket.
-            addr = _target(topo, d, port, "udp")
-            sock.connect(addr)
-        socks[n] = (sock, addr)
-        sel.register(sock, selectors.EVENT_READ, n)
-    deadline = time.monotonic() + timeout
-    # UDP may lose the first datagram to neighbour resolution: resend a few times.
-    resend_every = timeout / 4
-    next_send = 0.0
-    while socks and time.monotonic() < deadline:
-        now = time.monotonic()
-        if now >= next_send:
-            for sock, _ in socks.values():
-                # An error here comes back from recv below, with the pair it belongs to.
-                with contextlib.suppress(OSError):
-                    sock.send(b"probe")
-            next_send = now + resend_every
-        for key, _ in sel.select(max(0.0, min(next_send, deadline) - time.monotonic())):
-            n = key.data
-            sock, _ = socks[n]
-            s, d = pairs[n]
-            try:
-                data, err = sock.recv(256), 0
-            except BlockingIOError:
-                continue
-            except OSError as e:
-                data, err = b"", e.errno or 0
-            socks.pop(n)
-            sel.unregister(sock)
-            sock.close()
-            results[n] = _judge(s, d, data, err)
-    for n, (sock, _) in socks.items():
-        sock.close()
-        results[n] = Result(pairs[n][0].key, pairs[n][1].key, False, "timeout (no UDP answer)")
-    sel.close()
-    return [results[n] for n in range(len(pairs))]
