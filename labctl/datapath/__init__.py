@@ -265,6 +265,20 @@ class Datapath(ABC):
         """One line for the exit log: counters worth knowing about."""
         return ""
 
+    # Set by subclasses when they attach: the TUN fd and their rate-limited error log.
+    _tun: int
+    _errors: ErrorLog
+
+    def _unreachable(self, packet: memoryview) -> None:
+        """Answer a packet with no route with ICMP net unreachable, as flanneld's proxy does."""
+        reply = net_unreachable(packet)
+        if reply is None:
+            return
+        try:
+            os.write(self._tun, reply)
+        except OSError as exc:
+            self._errors(f"icmp:{exc.errno}", f"ICMP net unreachable into TUN: {exc}")
+
 
 def _parse_args(prog: str, argv: Sequence[str] | None) -> str:
     parser = argparse.ArgumentParser(prog=f"python -m {prog}")

@@ -36,7 +36,6 @@ from labctl.datapath import (
     ErrorLog,
     RouteTable,
     internet_checksum,
-    net_unreachable,
     run,
     tune_socket,
 )
@@ -185,15 +184,6 @@ class Ipip(Datapath):
             hlen = (buf[ihl] & 0x0F) * 4
             struct.pack_into("!H", buf, ihl + 10, internet_checksum(bytes(buf[ihl : ihl + hlen])))
         return True
-
-    def _unreachable(self, packet: memoryview) -> None:
-        reply = net_unreachable(packet)
-        if reply is None:
-            return
-        try:
-            os.write(self._tun, reply)
-        except OSError as exc:
-            self._errors(f"icmp:{exc.errno}", f"ICMP net unreachable into TUN: {exc}")
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -34,7 +34,6 @@ from labctl.datapath import (
     ErrorLog,
     RouteTable,
     decrement_ttl,
-    net_unreachable,
     run,
     tune_socket,
 )
@@ -188,15 +187,6 @@ class UdpProxy(Datapath):
                         write(tun, mv[off:end])
                     except OSError as exc:
                         self._errors(f"tun:{exc.errno}", f"write to TUN: {exc}")
-
-    def _unreachable(self, packet: memoryview) -> None:
-        reply = net_unreachable(packet)
-        if reply is None:
-            return
-        try:
-            os.write(self._tun, reply)
-        except OSError as exc:
-            self._errors(f"icmp:{exc.errno}", f"ICMP net unreachable into TUN: {exc}")
 
 
 def main(args: Sequence[str] | None = None) -> int:
