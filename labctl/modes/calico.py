@@ -14,11 +14,19 @@ What each mode programs follows shared/cni-dataplane-reference.md sections 10-14
 
 Routers with an ``asn`` run FRR too: eBGP with the nodes on their segments (when the nodes
 speak BGP) and with each other where they share a segment, so pod blocks and the underlay
-propagate across a fabric. The node-to-node mesh stays on next to the routers, as Calico's
-default ``nodeToNodeMeshEnabled: true`` does: across routers a mesh session is multi-hop iBGP
-over the default route, and its next hop (the remote node IP) is resolved recursively through
-that default route (FRR ``ip nht resolve-via-default``, BIRD's ``gateway recursive``). The
-routers' eBGP paths are learned too but lose on AS-path length.
+propagate across a fabric.
+
+Node-to-node mesh: on (Calico's default ``nodeToNodeMeshEnabled: true``) unless route
+reflectors are configured or every node has a BGP router on its segment. The latter is
+Calico's "AS per rack" IP-fabric design, which turns the mesh off and peers each node with
+its top-of-rack router only. With the mesh on next to routers, a node learns the other rack's
+subnet from its router and re-announces it, via the mesh, to nodes of the other rack, which
+announce it to their own router as a second, equally long path through a node: the fabric
+then load-balances underlay traffic into nodes that send it straight back (seen in the lab;
+BIRD's export filter in Calico has the same gap for pool routes). Where the mesh stays on
+across a router without BGP, mesh sessions are multi-hop iBGP over the default route and
+their next hops (remote node IPs) resolve recursively through it (FRR ``ip nht
+resolve-via-default``, BIRD's ``gateway recursive``).
 """
 
 from __future__ import annotations
@@ -402,6 +410,32 @@ def _router_speakers(topo: Topology, with_nodes: bool) -> dict[str, BgpSpeaker]:
     return out
 
 
+def _rack_routers(topo: Topology, node: str) -> list[str]:
+    """Routers with an asn on the node's segment: its top-of-rack BGP peers."""
+    segment = topo.nodes[node].segment
+    return [
+        name
+        for name, router in topo.routers.items()
+        if router.asn is not None and segment in router.interfaces
+    ]
+
+
+def _tor_neighbor(topo: Topology, rname: str, segment: str) -> BgpNeighbor:
+    router = topo.routers[rname]
+    assert router.asn is not None
+    ip = router.interfaces[segment]
+    return BgpNeighbor(
+        ip=ip, remote_asn=router.asn, description="Node_" + str(ip).replace(".", "_")
+    )
+
+
+def node_mesh(topo: Topology) -> bool:
+    """Whether the node-to-node mesh is on (see the module docstring for why not always)."""
+    if topo.bgp.routeReflectors:
+        return False
+    return not all(_rack_routers(topo, node) for node in topo.nodes)
+
+
 def _node_speakers(
     topo: Topology, blocks: dict[str, IPv4Network], install: bool
 ) -> dict[str, BgpSpeaker]:
@@ -413,18 +447,16 @@ def _node_speakers(
         for name, node in topo.nodes.items()
     ]
     external = {
-        name: [
-            BgpNeighbor(
-                ip=router.interfaces[node.segment],
-                remote_asn=router.asn,
-                description="Node_" + str(router.interfaces[node.segment]).replace(".", "_"),
-            )
-            for router in topo.routers.values()
-            if router.asn is not None and node.segment in router.interfaces
-        ]
+        name: [_tor_neighbor(topo, rname, node.segment) for rname in _rack_routers(topo, name)]
         for name, node in topo.nodes.items()
     }
-    return frr.calico_speakers(nodes, topo.bgp.asn, external_peers=external, install_routes=install)
+    return frr.calico_speakers(
+        nodes,
+        topo.bgp.asn,
+        mesh=node_mesh(topo),
+        external_peers=external,
+        install_routes=install,
+    )
 
 
 def _routers_between_segments(topo: Topology) -> list[str]:
@@ -497,19 +529,22 @@ def plan_calico(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
 
 
 def expected_node_sessions(topo: Topology) -> int:
-    """Node-to-node BGP sessions the design calls for: a full mesh, n(n-1)/2, or with r
-    route reflectors r(n-r) client sessions plus r(r-1)/2 between the reflectors."""
+    """Node-to-node BGP sessions the design calls for: a full mesh, n(n-1)/2; with r route
+    reflectors r(n-r) client sessions plus r(r-1)/2 between the reflectors; none when every
+    node peers with its rack's router instead."""
     n, r = len(topo.nodes), len(set(topo.bgp.routeReflectors))
-    if r == 0:
-        return n * (n - 1) // 2
-    return r * (n - r) + r * (r - 1) // 2
+    if r:
+        return r * (n - r) + r * (r - 1) // 2
+    return n * (n - 1) // 2 if node_mesh(topo) else 0
 
 
 def _design(topo: Topology) -> str:
     rrs = sorted(set(topo.bgp.routeReflectors))
-    if not rrs:
+    if rrs:
+        return f"route reflector(s) {', '.join(rrs)} with {len(topo.nodes) - len(rrs)} clients"
+    if node_mesh(topo):
         return f"full mesh of {len(topo.nodes)} nodes"
-    return f"route reflector(s) {', '.join(rrs)} with {len(topo.nodes) - len(rrs)} clients"
+    return "AS per rack: every node peers only with its router(s), no mesh"
 
 
 def session_checks(topo: Topology, plan: Plan, pids: dict[str, int]) -> list[CheckResult]:
@@ -517,7 +552,8 @@ def session_checks(topo: Topology, plan: Plan, pids: dict[str, int]) -> list[Che
     count matches the mesh or reflector design."""
     out = []
     node_ips = {str(n.ip) for n in topo.nodes.values()}
-    node_pairs: set[frozenset[str]] = set()
+    # (node IP, peer node IP) for every session a node reports Established.
+    seen: set[tuple[str, str]] = set()
     for ns in plan.namespaces.values():
         if ns.bgp is None:
             continue
@@ -536,8 +572,10 @@ def session_checks(topo: Topology, plan: Plan, pids: dict[str, int]) -> list[Che
         )
         if ns.role == "node":
             me = str(topo.nodes[ns.name].ip)
-            node_pairs |= {frozenset((me, ip)) for ip in up if ip in node_ips}
+            seen |= {(me, ip) for ip in up if ip in node_ips}
     if any(ns.bgp is not None for ns in plan.node_ns()):
+        # A session counts once both ends report it Established.
+        node_pairs = {frozenset(pair) for pair in seen if pair[::-1] in seen}
         want_n = expected_node_sessions(topo)
         out.append(
             CheckResult(
