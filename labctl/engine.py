@@ -69,7 +69,12 @@ def _create_link(ip: IPRoute, link: Link, pids: dict[str, int]) -> None:
         finally:
             os.close(peer_fd)
     elif link.kind == "ipip":
-        ip.link("add", kind="ipip", ipip_local=link.local, **common)
+        if link.name == "tunl0" and ip.link_lookup(ifname="tunl0"):
+            # With the ipip module loaded every namespace already has the fallback tunl0
+            # (local any, remote any); Calico's Felix adopts it rather than creating one.
+            ip.link("set", index=_index(ip, "tunl0"), mtu=link.mtu)
+        else:
+            ip.link("add", kind="ipip", ipip_local=link.local, **common)
     elif link.kind == "tun":
         # Persistent, so the userspace datapath can restart without losing routes.
         ip.link("add", ifname=link.name, kind="tuntap", mode="tun", ifr={"no_pi": True})

@@ -43,11 +43,11 @@ from labctl import frr
 from labctl.checker import CheckResult, Flow, WireSpec
 from labctl.frr import BgpNeighbor, BgpSpeaker, CalicoNode
 from labctl.modes import Mode, register
+from labctl.modes.tunnels import add_ipip, add_vxlan
 from labctl.nsutil import nsenter_argv
 from labctl.plan import (
     UNDERLAY_IF,
     Address,
-    Daemon,
     Fdb,
     Link,
     NamespacePlan,
@@ -174,14 +174,9 @@ def _ipip_device(
     datapath: str,
     peers: list[CalicoPeer],
 ) -> None:
-    local = str(topo.nodes[node].ip)
-    if datapath == "kernel":
-        ns.links.append(Link(name=IPIP_DEV, kind="ipip", local=local, mtu=mtu))
-    else:
-        ns.links.append(Link(name=IPIP_DEV, kind="tun", mtu=mtu))
-        # Every peer, also same-subnet ones: the datapath drops IPIP from unknown nodes.
-        routes = [{"subnet": str(p.block), "node_ip": str(p.ip)} for p in peers]
-        ns.daemons.append(Daemon("ipip", {"tun": IPIP_DEV, "local_ip": local, "routes": routes}))
+    # Every peer, also same-subnet ones: the datapath drops IPIP from unknown nodes.
+    routes = [(p.block, p.ip) for p in peers]
+    add_ipip(ns, IPIP_DEV, topo.nodes[node].ip, mtu, datapath, routes)
     ns.addresses.append(Address(IPIP_DEV, f"{tunnel_ip(block)}/32"))
 
 
@@ -194,19 +189,7 @@ def _vxlan_device(
     datapath: str,
     peers: list[CalicoPeer],
 ) -> None:
-    ns.links.append(
-        Link(
-            name=VXLAN_DEV,
-            kind="vxlan",
-            vni=VXLAN_VNI,
-            port=VXLAN_PORT,
-            local=str(topo.nodes[node].ip),
-            underlay=UNDERLAY_IF,
-            learning=False,
-            mtu=mtu,
-            mac=vtep_mac(node),
-        )
-    )
+    add_vxlan(ns, VXLAN_DEV, VXLAN_VNI, VXLAN_PORT, topo.nodes[node].ip, mtu, vtep_mac(node))
     ns.addresses.append(Address(VXLAN_DEV, f"{tunnel_ip(block)}/32"))
     # Felix's VXLAN manager programs every remote VTEP, whatever the route to its block.
     for peer in peers:

@@ -14,6 +14,7 @@ from typing import Any
 
 from labctl.checker import Flow, WireSpec
 from labctl.modes import Mode, register
+from labctl.modes.tunnels import add_ipip, add_vxlan
 from labctl.plan import (
     UNDERLAY_IF,
     Address,
@@ -75,19 +76,7 @@ def _vxlan_device(
     ns: NamespacePlan, topo: Topology, node: str, mtu: int, datapath: str, peers: list[Peer]
 ) -> None:
     lease = topo.node_pod_cidrs[node]
-    ns.links.append(
-        Link(
-            name=VXLAN_DEV,
-            kind="vxlan",
-            vni=VXLAN_VNI,
-            port=VXLAN_PORT,
-            local=str(topo.nodes[node].ip),
-            underlay=UNDERLAY_IF,
-            learning=False,
-            mtu=mtu,
-            mac=_vtep_mac(node),
-        )
-    )
+    add_vxlan(ns, VXLAN_DEV, VXLAN_VNI, VXLAN_PORT, topo.nodes[node].ip, mtu, _vtep_mac(node))
     # /32: no connected route, the address only gives host-to-pod traffic an overlay source.
     ns.addresses.append(Address(VXLAN_DEV, f"{lease.network_address}/32"))
 
@@ -186,14 +175,8 @@ def _ipip_device(
     ns: NamespacePlan, topo: Topology, node: str, mtu: int, datapath: str, peers: list[Peer]
 ) -> None:
     lease = topo.node_pod_cidrs[node]
-    local = str(topo.nodes[node].ip)
-    if datapath == "kernel":
-        ns.links.append(Link(name=IPIP_DEV, kind="ipip", local=local, mtu=mtu))
-    else:
-        ns.links.append(Link(name=IPIP_DEV, kind="tun", mtu=mtu))
-        ns.daemons.append(
-            Daemon("ipip", {"tun": IPIP_DEV, "local_ip": local, "routes": _peer_routes(peers)})
-        )
+    routes = [(p.pod_cidr, p.ip) for p in peers]
+    add_ipip(ns, IPIP_DEV, topo.nodes[node].ip, mtu, datapath, routes)
     ns.addresses.append(Address(IPIP_DEV, f"{lease.network_address}/32"))
 
 

@@ -487,16 +487,16 @@ def test_bgp_route_check_fails_on_a_missing_block(monkeypatch: pytest.MonkeyPatc
 
 
 def test_router_without_asn_is_named_as_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    t, p = topo("cross-subnet"), plan(BGP, "cross-subnet")
+    t, p = topo("leaf-spine-no-bgp"), plan(BGP, "leaf-spine-no-bgp")
     monkeypatch.setattr(frr, "kernel_bgp_routes", lambda pid: [])
     monkeypatch.setattr(
-        calico, "_kernel_routes", lambda pid: [{"dst": "10.0.0.0/24"}, {"dst": "10.0.1.0/24"}]
+        calico, "_kernel_routes", lambda pid: [{"dst": "10.0.1.0/24"}, {"dst": "10.0.2.0/24"}]
     )
     res = _by_name(calico.bgp_route_checks(t, p, _pids(p)))
-    r1 = res["pod routes on router r1"]
-    assert not r1.passed and "no asn" in r1.detail
+    leaf = res["pod routes on router leaf1"]
+    assert not leaf.passed and "no asn" in leaf.detail
     monkeypatch.setattr(calico, "_kernel_routes", lambda pid: [{"dst": "default"}])
-    assert _by_name(calico.bgp_route_checks(t, p, _pids(p)))["pod routes on router r1"].passed
+    assert _by_name(calico.bgp_route_checks(t, p, _pids(p)))["pod routes on router leaf1"].passed
 
 
 def _kernel_json(route: Route) -> dict[str, Any]:

@@ -66,7 +66,14 @@ def mutated(fn: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
 
 
 def test_shipped_topologies_are_the_expected_ones() -> None:
-    assert SHIPPED == ["cross-subnet", "default", "two-node"]
+    assert SHIPPED == [
+        "cross-subnet",
+        "default",
+        "leaf-spine",
+        "leaf-spine-no-bgp",
+        "route-reflector",
+        "two-node",
+    ]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -668,10 +675,12 @@ def test_validation_error_names_the_file(tmp_path: Path) -> None:
 def test_missing_file_lists_shipped(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     assert load_error(missing) == (
-        f"{missing}: no such topology file; shipped topologies: cross-subnet, default, two-node"
+        f"{missing}: no such topology file; shipped topologies: "
+        "cross-subnet, default, leaf-spine, leaf-spine-no-bgp, route-reflector, two-node"
     )
     assert load_error("defualt") == (
-        "defualt: no such topology file; shipped topologies: cross-subnet, default, two-node"
+        "defualt: no such topology file; shipped topologies: "
+        "cross-subnet, default, leaf-spine, leaf-spine-no-bgp, route-reflector, two-node"
     )
 
 
