@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from labctl.checker import Flow, WireSpec
 from labctl.frr import BgpSpeaker
 from labctl.topology import Topology
+
+if TYPE_CHECKING:
+    from labctl.modes import Mode
 
 Role = Literal["node", "pod", "router"]
 
@@ -123,6 +126,7 @@ class Attachment:
     ifname: str
     segment: str
     mac: str
+    mtu: int = 1500
 
 
 @dataclass
@@ -136,7 +140,10 @@ class Plan:
     attachments: list[Attachment]
     flows: list[Flow]
     wire: list[WireSpec]
-    pod_mtu: int
+    pod_mtu: int  # the smallest of node_pod_mtu
+    # Per node: its underlay (segment) MTU minus the mode's encapsulation, as each node's
+    # agent computes it from its own interface.
+    node_pod_mtu: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,10 +194,9 @@ def underlay_mac(ns: str, ifname: str) -> str:
     return stable_mac(ns, ifname)
 
 
-def base_plan(
-    topo: Topology, mode: str, wire: list[WireSpec], pod_mtu: int, datapath: str = "kernel"
-) -> Plan:
-    """The mode-independent part: underlay wiring, node and router addressing, gateways."""
+def base_plan(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
+    """The mode-independent part: underlay wiring, node and router addressing, gateways,
+    and each node's pod MTU."""
     namespaces: dict[str, NamespacePlan] = {}
     attachments: list[Attachment] = []
     for rname, router in topo.routers.items():
@@ -198,7 +204,7 @@ def base_plan(
         for i, (seg, ip) in enumerate(router.interfaces.items()):
             ifname = f"eth{i}"
             mac = underlay_mac(rname, ifname)
-            attachments.append(Attachment(rname, ifname, seg, mac))
+            attachments.append(Attachment(rname, ifname, seg, mac, topo.segments[seg].mtu))
             rp.addresses.append(Address(ifname, f"{ip}/{topo.segments[seg].cidr.prefixlen}"))
         for route in router.routes:
             rp.routes.append(Route(dst=str(route.to), via=str(route.via)))
@@ -207,7 +213,7 @@ def base_plan(
         segment = topo.segments[node.segment]
         np_ = NamespacePlan(name=nname, role="node", sysctls={"net.ipv4.ip_forward": "1"})
         mac = underlay_mac(nname, UNDERLAY_IF)
-        attachments.append(Attachment(nname, UNDERLAY_IF, node.segment, mac))
+        attachments.append(Attachment(nname, UNDERLAY_IF, node.segment, mac, segment.mtu))
         np_.addresses.append(Address(UNDERLAY_IF, f"{node.ip}/{segment.cidr.prefixlen}"))
         gw = topo.node_gateway(nname)
         if gw is not None:
@@ -216,15 +222,17 @@ def base_plan(
     for pod in topo.pods:
         key = pod_ns_name(pod.namespace, pod.name)
         namespaces[key] = NamespacePlan(name=key, role="pod", node=pod.node)
+    node_mtu = {n: mode.pod_mtu(topo.segments[x.segment].mtu) for n, x in topo.nodes.items()}
     return Plan(
-        mode=mode,
+        mode=mode.name,
         topology=topo.name,
         datapath=datapath,
         namespaces=namespaces,
         attachments=attachments,
         flows=[],
-        wire=wire,
-        pod_mtu=pod_mtu,
+        wire=list(mode.wire_specs),
+        pod_mtu=min(node_mtu.values()),
+        node_pod_mtu=node_mtu,
     )
 
 

@@ -72,17 +72,19 @@ def connectivity_checks(
 
 
 def mtu_checks(topo: Topology, plan: Plan, pids: dict[str, int]) -> list[CheckResult]:
-    """Per ordered node pair: a DF ping of exactly the pod MTU passes, one byte more fails."""
-    mtu = plan.pod_mtu
+    """Per ordered node pair: a DF ping of exactly the source pod's MTU passes, one byte
+    more fails."""
     first: dict[str, str] = {}
+    mtu_of: dict[str, int] = {}
     for pod in topo.pods:
         first.setdefault(pod.node, pod.key)
+        mtu_of[pod.key] = plan.node_pod_mtu[pod.node]
     jobs = [
         (src, dst, size)
         for a, src in first.items()
         for b, dst in first.items()
         if a != b
-        for size in (mtu, mtu + 1)
+        for size in (mtu_of[src], mtu_of[src] + 1)
     ]
     passed: dict[tuple[str, str, int], bool] = {}
     for i in range(0, len(jobs), MAX_PINGS):
@@ -100,6 +102,7 @@ def mtu_checks(topo: Topology, plan: Plan, pids: dict[str, int]) -> list[CheckRe
             passed[key] = p.wait() == 0
     out = []
     for src, dst in {(s, d) for s, d, _ in jobs}:
+        mtu = mtu_of[src]
         fits, over = passed[(src, dst, mtu)], passed[(src, dst, mtu + 1)]
         ok = fits and not over
         detail = (

@@ -10,8 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from pyroute2 import IPRoute
+
 from labctl import frr
+from labctl.nsutil import in_netns
 from labctl.plan import Plan
+
+DEFAULT_MTU = 1500
 
 
 def _mininet() -> tuple[Any, Any, Any]:
@@ -56,9 +61,19 @@ def build(
         sw = switches[att.segment]
         n = ports.get(att.segment, 0)
         ports[att.segment] = n + 1
-        net.addLink(
-            hosts[att.ns], sw, intfName1=att.ifname, addr1=att.mac, intfName2=f"{sw.name}p{n}"
-        )
+        port = f"{sw.name}p{n}"
+        net.addLink(hosts[att.ns], sw, intfName1=att.ifname, addr1=att.mac, intfName2=port)
+        if att.mtu != DEFAULT_MTU:
+            _set_mtu(att.mtu, port, hosts[att.ns].pid, att.ifname)
     for sw in switches.values():
         sw.start([])
     return net
+
+
+def _set_mtu(mtu: int, port: str, pid: int, ifname: str) -> None:
+    """Mininet has no MTU knob: set the segment's MTU on the switch port (this process runs
+    in the lab namespace; the bridge follows its ports) and on the node's end."""
+    with IPRoute() as lab:
+        lab.link("set", index=lab.link_lookup(ifname=port)[0], mtu=mtu)
+    with in_netns(pid), IPRoute() as node:
+        node.link("set", index=node.link_lookup(ifname=ifname)[0], mtu=mtu)

@@ -455,8 +455,7 @@ def _routers_between_segments(topo: Topology) -> list[str]:
 def plan_calico(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
     """Calico's per-node state: cali* veths, /32 pod routes, the block, the encapsulation."""
     encap = ENCAPS[mode.name]
-    pod_mtu = mode.pod_mtu()
-    plan = base_plan(topo, mode.name, list(mode.wire_specs), pod_mtu, datapath)
+    plan = base_plan(topo, mode, datapath)
     if encap.kernel_feature is not None and datapath == "userspace":
         plan.notes.append(USERSPACE_NOTE)
     if encap.bgp == "announce":
@@ -468,6 +467,7 @@ def plan_calico(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
         plan.notes.append(NO_GATEWAY_NOTE.format(nodes=", ".join(no_gateway)))
     for node in topo.nodes:
         ns = plan.namespaces[node]
+        pod_mtu = plan.node_pod_mtu[node]
         if encap.device is not None:
             encap.device(ns, topo, node, blocks[node], pod_mtu, datapath, peers[node])
         for pod in topo.pods_on(node):

@@ -238,14 +238,14 @@ BACKENDS: dict[str, Backend] = {
 def plan_flannel(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
     """Flannel's per-node state: lease files, `cni0`, pod veths, backend device and peers."""
     backend = BACKENDS[mode.name]
-    pod_mtu = mode.pod_mtu()
-    plan = base_plan(topo, mode.name, list(mode.wire_specs), pod_mtu, datapath)
+    plan = base_plan(topo, mode, datapath)
     if datapath == "userspace":
         plan.notes.append(USERSPACE_NOTE)
     network = topo.cluster.podCIDR
     peers = {node: {p.name: p for p in peers_of(topo, node, VXLAN_DEV)} for node in topo.nodes}
     for node in topo.nodes:
         ns = plan.namespaces[node]
+        pod_mtu = plan.node_pod_mtu[node]
         ns.private_dirs.extend(PRIVATE_DIRS)
         lease = topo.node_pod_cidrs[node]
         gateway = lease.network_address + 1

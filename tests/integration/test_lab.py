@@ -226,3 +226,21 @@ def test_mtu_check_catches_a_wrong_tunnel_mtu(lab: list[str]) -> None:
     failed = {c["name"]: c["detail"] for c in report["checks"] if not c["passed"]}
     assert "mtu default/pod-a -> default/pod-b" in failed
     assert "1450-byte DF packet FAILED" in failed["mtu default/pod-a -> default/pod-b"]
+
+
+def test_segment_mtu_sets_the_pod_mtu(lab: list[str], tmp_path: Path) -> None:
+    """A jumbo-frame segment: flannel derives the pod MTU from the node's interface."""
+    topo = tmp_path / "jumbo.yaml"
+    topo.write_text(
+        "name: jumbo\nsegments: {lan1: {cidr: 10.0.0.0/24, mtu: 9000}}\n"
+        "nodes: {a: {segment: lan1, ip: 10.0.0.11}, b: {segment: lan1, ip: 10.0.0.12}}\n"
+        "pods: [{name: p1, node: a}, {name: p2, node: b}]\n"
+    )
+    lab.append("jumbo")
+    labctl("up", "flannel-vxlan", "-t", str(topo), "-n", "jumbo")
+    env = labctl("exec", "-n", "jumbo", "a", "--", "cat", "/run/flannel/subnet.env").stdout
+    assert "FLANNEL_MTU=8950" in env
+    report = labctl_json("verify", "-n", "jumbo")
+    assert report["passed"]
+    mtu = next(c for c in report["checks"] if c["name"] == "mtu default/p1 -> default/p2")
+    assert mtu["detail"].startswith("8950-byte DF packet passed, 8951-byte was refused")

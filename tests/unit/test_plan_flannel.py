@@ -504,11 +504,6 @@ def test_plan_header() -> None:
     assert (p.mode, p.topology, p.pod_mtu) == (DIRECT, "cross-subnet", 1450)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planner ignores segments.<name>.mtu: pod MTU is always 1500 - overhead, while "
-    "flannel derives it from the external interface MTU (reference section 4: MTU - 50)",
-)
 def test_vxlan_mtu_follows_segment_mtu() -> None:
     from labctl.topology import parse_topology
 
