@@ -81,7 +81,7 @@ def throughput(mode: str, seconds: int = 5, lab: str = "bench") -> dict[str, Any
             stderr=subprocess.DEVNULL,
             env=env,
         )
-        time.sleep(0.3)  # iperf3 has no readiness signal; it listens within milliseconds
+        _wait_listening(st.pid_of(dst.key), 5201)
         argv = ["iperf3", "-c", str(topo.pod_ips[dst.key]), "-t", str(seconds), "-J"]
         res = subprocess.run(
             nsenter_argv(st.pid_of(src.key), argv, mount=False),
@@ -99,6 +99,16 @@ def throughput(mode: str, seconds: int = 5, lab: str = "bench") -> dict[str, Any
         return {"mode": mode, "datapath": datapath, "gbps": round(gbps, 3)}
     finally:
         lifecycle.down(lab)
+
+
+def _wait_listening(pid: int, port: int, timeout: float = 5.0) -> None:
+    """iperf3 has no readiness signal: poll the pod's sockets until it listens."""
+    argv = nsenter_argv(pid, ["ss", "-Hltn", f"sport = :{port}"], mount=False)
+    deadline = time.monotonic() + timeout
+    while not subprocess.run(argv, capture_output=True, text=True).stdout.strip():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"iperf3 did not listen on port {port} within {timeout:.0f}s")
+        time.sleep(0.02)
 
 
 def _datapath(mode: str) -> str:

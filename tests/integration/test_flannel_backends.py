@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 
@@ -107,6 +108,12 @@ def test_userspace_datapath_survives_iperf3_soak(lab: list[str], mode: str) -> N
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    # iperf3 has no readiness signal: wait until pod-b listens on 5201.
+    for _ in range(100):
+        ss = labctl("exec", "-n", "soak", "default/pod-b", "--", "ss", "-Hltn", "sport = :5201")
+        if ss.stdout.strip():
+            break
+        time.sleep(0.05)
     client = subprocess.run(
         [
             LABCTL,
