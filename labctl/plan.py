@@ -8,6 +8,7 @@ The engine applies a Plan; verify reads the Plan's expectations.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any, Literal
@@ -236,12 +237,22 @@ def base_plan(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
     )
 
 
-def cross_node_flows(topo: Topology, flow_for: Any) -> list[Flow]:
-    """One Flow per ordered pod pair on different nodes, shaped by `flow_for(src, dst)`."""
-    flows = []
-    for src in topo.pods:
-        for dst in topo.pods:
-            if src.node == dst.node:
-                continue
-            flows.append(flow_for(src, dst))
-    return flows
+def cross_node_flows(topo: Topology, encap_for: Callable[[str, str], dict[str, Any]]) -> list[Flow]:
+    """One Flow per ordered pod pair on different nodes; `encap_for(src_node, dst_node)` says
+    how that node pair's packets cross the wire (Flow's encap, port, vni, next_hop_mac)."""
+    return [
+        Flow(
+            src_pod=src.key,
+            dst_pod=dst.key,
+            src_pod_ip=str(topo.pod_ips[src.key]),
+            dst_pod_ip=str(topo.pod_ips[dst.key]),
+            src_node=src.node,
+            dst_node=dst.node,
+            src_node_ip=str(topo.nodes[src.node].ip),
+            dst_node_ip=str(topo.nodes[dst.node].ip),
+            **encap_for(src.node, dst.node),
+        )
+        for src in topo.pods
+        for dst in topo.pods
+        if src.node != dst.node
+    ]

@@ -40,7 +40,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Literal
 
 from labctl import frr
-from labctl.checker import CheckResult, Flow, WireSpec
+from labctl.checker import CheckResult, WireSpec
 from labctl.frr import BgpNeighbor, BgpSpeaker, CalicoNode
 from labctl.modes import Mode, register
 from labctl.modes.tunnels import add_ipip, add_vxlan
@@ -491,20 +491,7 @@ def plan_calico(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
 
     by_name = {node: {p.name: p for p in ps} for node, ps in peers.items()}
 
-    def flow_for(src: Pod, dst: Pod) -> Flow:
-        return Flow(
-            src_pod=src.key,
-            dst_pod=dst.key,
-            src_pod_ip=str(topo.pod_ips[src.key]),
-            dst_pod_ip=str(topo.pod_ips[dst.key]),
-            src_node=src.node,
-            dst_node=dst.node,
-            src_node_ip=str(topo.nodes[src.node].ip),
-            dst_node_ip=str(topo.nodes[dst.node].ip),
-            **encap.encap_for(by_name[src.node][dst.node]),
-        )
-
-    plan.flows = cross_node_flows(topo, flow_for)
+    plan.flows = cross_node_flows(topo, lambda a, b: encap.encap_for(by_name[a][b]))
     return plan
 
 

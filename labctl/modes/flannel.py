@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from labctl.checker import Flow, WireSpec
+from labctl.checker import WireSpec
 from labctl.modes import Mode, register
 from labctl.modes.tunnels import add_ipip, add_vxlan
 from labctl.plan import (
@@ -273,21 +273,7 @@ def plan_flannel(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
         for peer in peers[node].values():
             backend.per_peer(ns, peer)
 
-    def flow_for(src: Pod, dst: Pod) -> Flow:
-        dst_peer = peers[src.node][dst.node]
-        return Flow(
-            src_pod=src.key,
-            dst_pod=dst.key,
-            src_pod_ip=str(topo.pod_ips[src.key]),
-            dst_pod_ip=str(topo.pod_ips[dst.key]),
-            src_node=src.node,
-            dst_node=dst.node,
-            src_node_ip=str(topo.nodes[src.node].ip),
-            dst_node_ip=str(topo.nodes[dst.node].ip),
-            **backend.encap_for(dst_peer),
-        )
-
-    plan.flows = cross_node_flows(topo, flow_for)
+    plan.flows = cross_node_flows(topo, lambda a, b: backend.encap_for(peers[a][b]))
     return plan
 
 
