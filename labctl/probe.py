@@ -40,6 +40,30 @@ def default_port(pod: Pod, protocol: str) -> int:
     return 80
 
 
+ARP_STATS = "/proc/net/stat/arp_cache"
+
+
+def arp_table_fulls() -> int | None:
+    """How often the kernel's ARP table has been full ("neighbor table overflow").
+
+    Every namespace shares that one table, sized by the host's gc_thresh3, which a lab must
+    not change; reading its statistics changes nothing.
+    """
+    try:
+        with open(ARP_STATS) as f:
+            lines = f.read().split("\n")
+    except OSError:
+        return None
+    header = lines[0].split()
+    if "table_fulls" not in header:
+        return None
+    col = header.index("table_fulls")
+    return sum(int(line.split()[col], 16) for line in lines[1:] if line.strip())
+
+
+NOT_PROBED = "not probed: the host's ARP table overflowed"
+
+
 def probe(
     topo: Topology,
     pids: dict[str, int],
@@ -47,28 +71,36 @@ def probe(
     port: int | None = None,
     timeout: float = 2.0,
 ) -> list[Result]:
-    """Probe every ordered pod pair (pods never probe themselves).
+    """Probe every ordered pod pair (pods never probe themselves), one source pod at a time.
 
-    All lab namespaces share the host kernel's one ARP table (its size is the host's
-    net.ipv4.neigh.default.gc_thresh3, which a lab must not change), so a large lab cannot
-    resolve every pod pair at once. Probing from one source pod at a time keeps the number of
-    fresh entries small, and pairs that timed out get one more try after the kernel has had
-    time to recycle idle entries.
+    Pairs that timed out get one more try. If the host's shared ARP table overflows, the
+    kernel drops packets for reasons that have nothing to do with the dataplane, and every
+    further probe would only time out: probing stops and the rest are reported NOT_PROBED.
     """
     _raise_fd_limit()
     results: dict[tuple[str, str], Result] = {}
-    for s in topo.pods:
-        pairs = [(s, d) for d in topo.pods if s.key != d.key]
+    all_pairs = [(s, d) for s in topo.pods for d in topo.pods if s.key != d.key]
+    fulls = arp_table_fulls()
+
+    def run(pairs: list[tuple[Pod, Pod]]) -> bool:
         for i in range(0, len(pairs), BATCH):
             for r in _batch(topo, pids, pairs[i : i + BATCH], port, timeout, protocol):
                 results[(r.src, r.dst)] = r
-    pods = {p.key: p for p in topo.pods}
-    retry = [(pods[r.src], pods[r.dst]) for r in results.values() if r.detail.startswith("timeout")]
-    if retry and len(retry) < len(results):
-        for i in range(0, len(retry), BATCH):
-            for r in _batch(topo, pids, retry[i : i + BATCH], port, timeout, protocol):
-                results[(r.src, r.dst)] = r
-    return [results[(s.key, d.key)] for s in topo.pods for d in topo.pods if s.key != d.key]
+            now = arp_table_fulls()
+            if fulls is not None and now is not None and now > fulls:
+                return False
+        return True
+
+    if run(all_pairs):
+        retry = [
+            (s, d) for s, d in all_pairs if results[(s.key, d.key)].detail.startswith("timeout")
+        ]
+        # All pairs timing out is a dead dataplane, not a lost packet: don't wait on it twice.
+        if retry and len(retry) < len(all_pairs):
+            run(retry)
+    return [
+        results.get((s.key, d.key)) or Result(s.key, d.key, False, NOT_PROBED) for s, d in all_pairs
+    ]
 
 
 def _target(topo: Topology, dst: Pod, port: int | None, protocol: str) -> tuple[str, int]:
