@@ -20,6 +20,7 @@ from rich.table import Table
 from labctl import lifecycle, state
 from labctl.features import BadDatapath, MissingFeature, resolve_datapath
 from labctl.modes import DATAPATHS, MODES, UnknownModeError, get_mode
+from labctl.nsutil import nsenter_argv
 from labctl.state import LAB_ENV, LabError
 from labctl.topology import TopologyError, load_topology, resolve_path
 
@@ -292,8 +293,6 @@ def exec_(lab: str | None, target: str, command: tuple[str, ...]) -> None:
     name = state.resolve(lab)
     st = state.load(name)
     pid = st.pid_of(target)
-    from labctl.nsutil import nsenter_argv
-
     os.environ[LAB_ENV] = name  # so 'down' can find anything started here
     argv = nsenter_argv(pid, list(command))
     os.execvp(argv[0], argv)

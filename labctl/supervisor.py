@@ -8,6 +8,7 @@ private namespace and reports progress through the lab's state file.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -31,7 +32,7 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 def run(lab: str) -> int:
     """Build the lab, mark it ready, then hold it until SIGTERM."""
     st = state.load(lab)
-    st.supervisor_pid = __import__("os").getpid()
+    st.supervisor_pid = os.getpid()
     started = time.monotonic()
 
     def phase(text: str) -> None:

@@ -19,7 +19,7 @@ from labctl.plan import Plan
 DEFAULT_MTU = 1500
 
 
-def _mininet() -> tuple[Any, Any, Any]:
+def _mininet() -> tuple[Any, Any]:
     # Imported lazily: only the supervisor (Debian's /usr/bin/python3 venv) has Mininet.
     from mininet.log import setLogLevel
     from mininet.net import Mininet
@@ -29,7 +29,7 @@ def _mininet() -> tuple[Any, Any, Any]:
     # Mininet.init() would raise host-wide limits and sysctls (fixLimits); the host is not
     # ours to change, and the lab does not need them.
     Mininet.inited = True
-    return Mininet, LinuxBridge, setLogLevel
+    return Mininet, LinuxBridge
 
 
 def build(
@@ -42,7 +42,7 @@ def build(
     Returns the Mininet object, which must stay referenced: it holds the node shells whose
     lifetime is the namespaces' lifetime.
     """
-    mininet_cls, bridge_cls, _ = _mininet()
+    mininet_cls, bridge_cls = _mininet()
     net = mininet_cls(switch=bridge_cls, controller=None, build=False, autoSetMacs=False)
     hosts = {}
     for i, ns in enumerate(plan.namespaces.values()):
