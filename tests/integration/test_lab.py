@@ -244,3 +244,24 @@ def test_segment_mtu_sets_the_pod_mtu(lab: list[str], tmp_path: Path) -> None:
     assert report["passed"]
     mtu = next(c for c in report["checks"] if c["name"] == "mtu default/p1 -> default/p2")
     assert mtu["detail"].startswith("8950-byte DF packet passed, 8951-byte was refused")
+
+
+def test_up_failing_half_way_removes_what_it_built(tmp_path: Path) -> None:
+    """The supervisor fails after the lab's namespace exists (here: its topology copy is
+    unreadable); up reports the error and leaves nothing behind."""
+    from labctl import lifecycle
+    from labctl.state import LabError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(LabError, match="not valid YAML"):
+        lifecycle.up("halfway", "flannel-vxlan", bad, "bad", lambda _: None)
+    assert_gone("halfway")
+
+
+def test_up_refuses_a_lab_that_is_already_up(lab: list[str]) -> None:
+    lab.append("twice")
+    labctl("up", "flannel-vxlan", "-n", "twice")
+    again = labctl("up", "flannel-host-gw", "-n", "twice", check=2)
+    assert "already up" in again.stderr
+    assert labctl_json("status", "-n", "twice")["mode"] == "flannel-vxlan"
