@@ -32,17 +32,17 @@ class EnvironmentProblem(Exception):
 def check_environment() -> None:
     """Root and the external tools a lab needs, with the fix named."""
     if os.geteuid() != 0:
-        raise EnvironmentProblem("labctl needs root to build namespaces; run it with sudo")
+        raise EnvironmentProblem("labctl needs root to build namespaces; run it as root (e.g. with sudo)")
     missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
     if missing:
         raise EnvironmentProblem(
-            f"missing tools: {', '.join(missing)}; run 'sudo bash scripts/install.sh'"
+            f"missing tools: {', '.join(missing)}; run 'bash scripts/install.sh' as root"
         )
     try:
         import mininet.net  # noqa: F401
     except ImportError:
         raise EnvironmentProblem(
-            "the Mininet Python module is not importable; run 'sudo bash scripts/install.sh' "
+            "the Mininet Python module is not importable; run 'bash scripts/install.sh' as root "
             "and use .venv/bin/labctl (a venv made from /usr/bin/python3 with system site-packages)"
         ) from None
 

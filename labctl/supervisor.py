@@ -82,7 +82,8 @@ def run(lab: str) -> int:
     except Exception as e:
         traceback.print_exc()
         st.status = "failed"
-        st.error = str(e) or type(e).__name__
+        # Say where it broke: "programming the dataplane: node1: route ...: File exists".
+        st.error = f"{st.phase or 'starting'}: {e or type(e).__name__}"
         st.error_code = getattr(e, "exit_code", 1)
         st.save()
         return 1

@@ -6,7 +6,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo/.venv"
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "install.sh: run as root (sudo bash scripts/install.sh): it installs apt packages" >&2
+  echo "install.sh: run as root (bash scripts/install.sh): it installs apt packages" >&2
   exit 3
 fi
 
