@@ -32,7 +32,9 @@ class EnvironmentProblem(Exception):
 def check_environment() -> None:
     """Root and the external tools a lab needs, with the fix named."""
     if os.geteuid() != 0:
-        raise EnvironmentProblem("labctl needs root to build namespaces; run it as root (e.g. with sudo)")
+        raise EnvironmentProblem(
+            "labctl needs root to build namespaces; run it as root (e.g. with sudo)"
+        )
     missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
     if missing:
         raise EnvironmentProblem(
