@@ -248,16 +248,18 @@ class TwoNodeLab:
             stderr=subprocess.DEVNULL,
         )
         try:
+            # iperf3 -J exits 0 even when the connect is refused: wait for the listener.
             deadline = time.monotonic() + 5
-            while True:  # the server needs a moment to listen
-                client = sh("ip", "netns", "exec", n1.pod_ns, "iperf3", "-J", "-c", n2.pod_ip,
-                            "-t", str(seconds), check=False,
-                            timeout=timeout or seconds + 30)  # fmt: skip
-                if client.returncode == 0 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-            if client.returncode != 0:
-                raise RuntimeError(f"iperf3 failed: {client.stdout[-500:]} {client.stderr}")
+            while not sh("ip", "netns", "exec", n2.pod_ns, "ss", "-Hltn", "sport = :5201",
+                         check=False).stdout.strip():  # fmt: skip
+                if time.monotonic() > deadline:
+                    raise RuntimeError("iperf3 server did not listen within 5 s")
+                time.sleep(0.02)
+            client = sh("ip", "netns", "exec", n1.pod_ns, "iperf3", "-J", "-c", n2.pod_ip,
+                        "-t", str(seconds), check=False,
+                        timeout=timeout or seconds + 30)  # fmt: skip
+            if client.returncode != 0 and not client.stdout.strip():
+                raise RuntimeError(f"iperf3 failed: {client.stderr}")
             result = json.loads(client.stdout)
             if "error" in result:
                 raise RuntimeError(f"iperf3: {result['error']}")
