@@ -184,8 +184,8 @@ def test_full_mesh_installs_the_other_blocks() -> None:
             f"\nfull mesh: daemons up {started - began:.2f} s, all sessions Established and "
             f"routes installed {converged - began:.2f} s after the first start"
         )
-        # Measured here: ~1.5 s (1 s of it is bgpd's fixed start timer).
-        assert converged - began < 10
+        # Measured here: ~1.5 s (1 s of it is bgpd's fixed start timer); speed is labctl
+        # bench's business, this test asserts only that it converges.
         for node in net.nodes:
             assert frr.established_count(node.pid) == 2
         routes = subprocess.run(
@@ -215,7 +215,8 @@ def test_routes_withdrawn_within_hold_time() -> None:
             silent = frr.wait_kernel_routes(n1, [BLOCKS[1]], timeout=hold + 5)
         finally:
             os.kill(bgpd3, signal.SIGCONT)
-        assert silent <= hold + 1.5
+        # The hold timer fires at `hold`; the slack covers bgpd's timer wheel and zebra.
+        assert silent <= hold + 2
         frr.wait_kernel_routes(n1, _others(0), timeout=30)
 
         # A clean stop sends a Cease notification: withdrawal is immediate.
@@ -225,7 +226,8 @@ def test_routes_withdrawn_within_hold_time() -> None:
             f"\nwithdrawal: frozen bgpd {silent:.2f} s (hold {hold} s), "
             f"stopped node {graceful:.2f} s"
         )
-        assert graceful < 2
+        # Far sooner than the hold timer: the Cease, not a timeout, withdrew the routes.
+        assert graceful < hold / 2
         assert frr.established_count(n1) == 1
 
 
