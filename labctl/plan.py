@@ -11,14 +11,11 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from labctl.checker import Flow, WireSpec
 from labctl.frr import BgpSpeaker
 from labctl.topology import Topology
-
-if TYPE_CHECKING:
-    from labctl.modes import Mode
 
 Role = Literal["node", "pod", "router"]
 
@@ -195,7 +192,20 @@ def underlay_mac(ns: str, ifname: str) -> str:
     return stable_mac(ns, ifname)
 
 
-def base_plan(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
+class ModeShape(Protocol):
+    """What the mode-independent planning needs of a mode (labctl.modes.Mode has it); a
+    protocol, so the planner does not import the mode catalogue that imports it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def wire_specs(self) -> tuple[WireSpec, ...]: ...
+
+    def pod_mtu(self, underlay_mtu: int = 1500) -> int: ...
+
+
+def base_plan(topo: Topology, mode: ModeShape, datapath: str = "kernel") -> Plan:
     """The mode-independent part: underlay wiring, node and router addressing, gateways,
     and each node's pod MTU."""
     namespaces: dict[str, NamespacePlan] = {}
