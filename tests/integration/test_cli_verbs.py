@@ -88,9 +88,10 @@ def test_exec_streams_a_capture_to_stdout(lab: list[str], tmp_path: Path) -> Non
             "icmp",
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
-    subprocess.run(["sleep", "0.5"], check=True)
+    # tcpdump says "listening on eth0" on stderr once its socket is open: ping only then.
+    assert proc.stderr is not None and b"listening on" in proc.stderr.readline()
     labctl("exec", "-n", "cls", "default/pod-a", "--", "ping", "-c", "3", "-i", "0.2", "10.1.20.2")
     data, _ = proc.communicate(timeout=15)
     pcap = tmp_path / "stream.pcap"
