@@ -256,8 +256,12 @@ def test_sighup_reloads_routes(lab: Lab) -> None:
     config["routes"] = []
     Path(n1.config).write_text(json.dumps(config))
     n1.process.send_signal(signal.SIGHUP)
-    time.sleep(0.5)
-    result = _in(n1.pod_ns, "ping", "-c", "1", "-W", "2", n2.pod_ip)
+    deadline = time.monotonic() + 10  # the reload is asynchronous: poll, not a fixed sleep
+    while True:
+        result = _in(n1.pod_ns, "ping", "-c", "1", "-W", "2", n2.pod_ip)
+        if "Destination Net Unreachable" in result.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert "Destination Net Unreachable" in result.stdout, result.stdout + lab.log(n1)
     Path(n1.config).write_text(original)
     n1.process.send_signal(signal.SIGHUP)
