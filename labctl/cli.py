@@ -60,6 +60,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def emit_json(doc: Any) -> None:
+    """Print `doc` as indented JSON on stdout (the `-o json` form of every verb)."""
     click.echo(json.dumps(doc, indent=2, default=str))
 
 

@@ -66,6 +66,7 @@ class PodServers:
                 continue
 
     def close(self) -> None:
+        """Close every listening socket and the selector."""
         for key in list(self.sel.get_map().values()):
             key.fileobj.close()  # type: ignore[union-attr]
         self.sel.close()

@@ -18,6 +18,7 @@ def _setns(fd: int) -> None:
 
 
 def netns_path(pid: int) -> str:
+    """The network namespace file of process `pid`."""
     return f"/proc/{pid}/ns/net"
 
 

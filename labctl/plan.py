@@ -149,6 +149,7 @@ class Plan:
         return asdict(self)
 
     def node_ns(self) -> list[NamespacePlan]:
+        """The plans of the node namespaces, in topology order."""
         return [n for n in self.namespaces.values() if n.role == "node"]
 
 

@@ -71,6 +71,7 @@ class LabState:
 
     @property
     def dir(self) -> Path:
+        """This lab's runtime directory."""
         return lab_dir(self.lab)
 
     def save(self) -> None:
@@ -96,6 +97,7 @@ class LabState:
 
 
 def lab_dir(lab: str) -> Path:
+    """Runtime directory of lab `lab` (state.json, private dirs, logs)."""
     return STATE_ROOT / lab
 
 
@@ -130,4 +132,5 @@ def resolve(name: str | None) -> str:
 
 
 def remove(lab: str) -> None:
+    """Delete the runtime directory of lab `lab`, if any."""
     shutil.rmtree(lab_dir(lab), ignore_errors=True)

@@ -33,10 +33,12 @@ class Report:
     seconds: float = 0.0
 
     def add(self, result: CheckResult) -> None:
+        """Record one check; the report passes only if every check does."""
         self.checks.append(result)
         self.passed = self.passed and result.passed
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as the `verify -o json` document."""
         return asdict(self)
 
 

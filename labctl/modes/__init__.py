@@ -35,6 +35,7 @@ class Mode:
     checks: Callable[[Topology, Plan, dict[str, int]], list[CheckResult]] | None = None
 
     def pod_mtu(self, underlay_mtu: int = 1500) -> int:
+        """Pod MTU on a segment of `underlay_mtu`: what is left after the encapsulation."""
         return underlay_mtu - self.overhead
 
     def plan(self, topo: Topology, datapath: str = "kernel") -> Plan:
@@ -46,6 +47,7 @@ MODES: dict[str, Mode] = {}
 
 
 def register(*modes: Mode) -> None:
+    """Add `modes` to the catalogue (each family module calls this on import)."""
     for mode in modes:
         MODES[mode.name] = mode
 
