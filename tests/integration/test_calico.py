@@ -14,6 +14,7 @@ import pytest
 from labctl import frr, state
 from labctl.lifecycle import _lab_pids
 from labctl.modes import get_mode
+from labctl.modes.calico import ipam_block
 from labctl.topology import TOPOLOGY_DIR, load_topology
 
 from .conftest import labctl, labctl_json
@@ -211,14 +212,19 @@ def test_withdraw_and_recover(lab: list[str]) -> None:
     hold time and its pods become unreachable; both recover. Prints the convergence times."""
     lab.append("calf")
     pids = up("calf", "calico-bgp", "default")
-    block = "10.244.1.0/26"  # node1's
+    topo = load_topology("default")
+    block = str(ipam_block(topo, "node1"))
     peers = (pids["master"], pids["node2"])
+    peer_blocks = {str(ipam_block(topo, n)) for n in ("master", "node2")}
 
     def withdrawn() -> bool:
         return all(block not in frr.kernel_bgp_routes(p) for p in peers)
 
     def present() -> bool:
-        return all(block in frr.kernel_bgp_routes(p) for p in peers)
+        # Both ways: a ping's reply needs node1 to have relearned the peers' blocks too.
+        return all(block in frr.kernel_bgp_routes(p) for p in peers) and peer_blocks <= set(
+            frr.kernel_bgp_routes(pids["node1"])
+        )
 
     def ping_node1_pod() -> int:
         argv = ["exec", "-n", "calf", "default/web-1", "--", "ping", "-c1", "-W1", "10.244.1.2"]
@@ -231,7 +237,6 @@ def test_withdraw_and_recover(lab: list[str]) -> None:
     assert ping_node1_pod() != 0
     # The mode's own checks, as verify runs them (without verify's probes, which would only
     # wait out their timeouts towards node1's pods).
-    topo = load_topology("default")
     checks = get_mode("calico-bgp").checks
     assert checks is not None
     results = checks(topo, get_mode("calico-bgp").plan(topo), pids)
