@@ -230,7 +230,8 @@ def test_withdraw_and_recover(lab: list[str]) -> None:
         argv = ["exec", "-n", "calf", "default/web-1", "--", "ping", "-c1", "-W1", "10.244.1.2"]
         return labctl(*argv, check=False).returncode
 
-    assert present() and ping_node1_pod() == 0
+    _seconds_until(present, 10)  # up waits for sessions; the routes follow within ms
+    assert ping_node1_pod() == 0
     kill = "kill $(cat /var/run/frr/bgpd.pid)"  # by pidfile: a pkill would hit every lab
     labctl("exec", "-n", "calf", "node1", "--", "sh", "-c", kill)
     t_kill = _seconds_until(withdrawn, HOLD_TIME)
