@@ -1,6 +1,6 @@
 """The lab's BGP speakers: one set of FRR daemons per node or router whose plan has one,
 started once the underlay passes traffic and considered up when every session is
-Established."""
+Established and every node that installs routes has the others' blocks in its kernel."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from labctl.nsutil import nsenter_argv
 from labctl.plan import Plan
 
 SESSION_TIMEOUT = 60.0
+# A design can leave a speaker without some block (that is what verify is for): bounded.
+ROUTES_TIMEOUT = 10.0
 
 
 class Speakers:
@@ -38,6 +40,12 @@ class Speakers:
         progress("waiting for BGP sessions")
         for name, speaker in speakers.items():
             frr.wait_established(pids[name], len(speaker.neighbors), SESSION_TIMEOUT)
+        # UPDATEs follow Established by a coalesce interval: wait for them, so that a verify
+        # right after up sees the converged tables.
+        progress("waiting for BGP routes")
+        late = _wait_routes(speakers, pids, ROUTES_TIMEOUT)
+        if late:
+            progress(f"BGP routes still incomplete on {', '.join(sorted(late))}; verify will say")
         return {name: d for name, (_, d) in self.daemons.items()}
 
     def stop(self) -> None:
@@ -63,3 +71,23 @@ def _reach_all(targets: dict[str, list[str]], pids: dict[str, int], timeout: flo
             for key in pending
         }
         pending = {key for key, p in procs.items() if p.wait() != 0}
+
+
+def _wait_routes(
+    speakers: dict[str, frr.BgpSpeaker], pids: dict[str, int], timeout: float
+) -> set[str]:
+    """Wait until each speaker that originates blocks and installs routes has every other
+    speaker's blocks as kernel bgp routes; return the speakers still missing some."""
+    blocks = {name: {str(n) for n in s.networks} for name, s in speakers.items()}
+    everything = set().union(*blocks.values())
+    pending = {name for name, s in speakers.items() if s.networks and s.install_routes}
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = {
+            name
+            for name in pending
+            if not everything - blocks[name] <= set(frr.kernel_bgp_routes(pids[name]))
+        }
+        if not pending or time.monotonic() > deadline:
+            return pending
+        time.sleep(0.05)
