@@ -22,6 +22,7 @@ class Speakers:
 
     def __init__(self) -> None:
         self.daemons: dict[str, tuple[int, list[int]]] = {}
+        self.warnings: list[str] = []
 
     def start(
         self, plan: Plan, pids: dict[str, int], progress: Callable[[str], None]
@@ -45,7 +46,10 @@ class Speakers:
         progress("waiting for BGP routes")
         late = _wait_routes(speakers, pids, ROUTES_TIMEOUT)
         if late:
-            progress(f"BGP routes still incomplete on {', '.join(sorted(late))}; verify will say")
+            self.warnings.append(
+                f"BGP routes incomplete after {ROUTES_TIMEOUT:.0f} s on {', '.join(sorted(late))}"
+                ": 'labctl verify' says which blocks are missing"
+            )
         return {name: d for name, (_, d) in self.daemons.items()}
 
     def stop(self) -> None:

@@ -67,6 +67,7 @@ def run(lab: str) -> int:
         for name, dpids in speakers.start(plan, pids, phase).items():
             for dpid in dpids:
                 st.processes[f"{name}:frr:{dpid}"] = dpid
+        st.warnings += speakers.warnings
         st.status = "ready"
         st.phase = ""
         st.ready_after = round(time.monotonic() - started, 3)
