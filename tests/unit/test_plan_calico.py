@@ -19,8 +19,10 @@ import pytest
 from labctl import frr
 from labctl.checker import CheckResult
 from labctl.modes import calico, get_mode
-from labctl.plan import Link, NamespacePlan, Plan, Route
+from labctl.plan import Plan, Route
 from labctl.topology import Topology, TopologyError, load_topology, parse_topology
+
+from .plan_helpers import addrs, link, route_to
 
 BGP = "calico-bgp"
 IPIP = "calico-ipip"
@@ -40,20 +42,6 @@ def topo(name: str) -> Topology:
 @cache
 def plan(mode: str, topology: str, datapath: str = "userspace") -> Plan:
     return get_mode(mode).plan(topo(topology), datapath)
-
-
-def link(ns: NamespacePlan, name: str) -> Link:
-    (found,) = [x for x in ns.links if x.name == name]
-    return found
-
-
-def addrs(ns: NamespacePlan, dev: str) -> list[str]:
-    return [a.cidr for a in ns.addresses if a.dev == dev]
-
-
-def route_to(ns: NamespacePlan, dst: str) -> Route:
-    (found,) = [r for r in ns.routes if r.dst == dst]
-    return found
 
 
 def block(t: Topology, node: str) -> str:

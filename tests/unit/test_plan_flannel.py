@@ -15,8 +15,10 @@ from ipaddress import IPv4Network
 import pytest
 
 from labctl.modes import get_mode
-from labctl.plan import Link, NamespacePlan, Plan, Route
+from labctl.plan import Link, NamespacePlan, Plan
 from labctl.topology import Topology, load_topology
+
+from .plan_helpers import addrs, link, route_to
 
 VXLAN = "flannel-vxlan"
 DIRECT = "flannel-vxlan-directrouting"
@@ -37,20 +39,6 @@ def plan(mode: str, topology: str) -> Plan:
 
 def links(ns: NamespacePlan, kind: str) -> list[Link]:
     return [link for link in ns.links if link.kind == kind]
-
-
-def link(ns: NamespacePlan, name: str) -> Link:
-    (found,) = [x for x in ns.links if x.name == name]
-    return found
-
-
-def addrs(ns: NamespacePlan, dev: str) -> list[str]:
-    return [a.cidr for a in ns.addresses if a.dev == dev]
-
-
-def route_to(ns: NamespacePlan, dst: str) -> Route:
-    (found,) = [r for r in ns.routes if r.dst == dst]
-    return found
 
 
 def peer_names(t: Topology, node: str) -> list[str]:
