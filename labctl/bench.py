@@ -49,7 +49,7 @@ def measure(mode: str, topology: Path, lab: str, with_mtu: bool = True) -> dict[
     }
     t0 = time.monotonic()
     try:
-        lifecycle.up(lab, mode, topology, topo.name, lambda _: None, _datapath(mode))
+        lifecycle.up(lab, get_mode(mode), topology, topo, lambda _: None, _datapath(mode))
         t1 = time.monotonic()
         report = verify(lab, with_mtu=with_mtu)
         t2 = time.monotonic()
@@ -73,7 +73,7 @@ def throughput(mode: str, seconds: int = 5, lab: str = "bench") -> dict[str, Any
     topo = load_topology(topo_path)
     src, dst = topo.pods[0], topo.pods[1]
     try:
-        st = lifecycle.up(lab, mode, topo_path, topo.name, lambda _: None, _datapath(mode))
+        st = lifecycle.up(lab, get_mode(mode), topo_path, topo, lambda _: None, _datapath(mode))
         env = dict(os.environ, **{LAB_ENV: lab})
         server = subprocess.Popen(
             nsenter_argv(st.pid_of(dst.key), ["iperf3", "-s", "-1"], mount=False),

@@ -109,18 +109,6 @@ def _route_args(ip: IPRoute, route: Route) -> dict[str, object]:
     return args
 
 
-def describe_route(route: Route) -> str:
-    """`ip route` style text of a planned route, for messages."""
-    parts = [route.dst] if route.type == "unicast" else ["blackhole", route.dst]
-    if route.via:
-        parts += ["via", route.via]
-    if route.dev:
-        parts += ["dev", route.dev]
-    if route.onlink:
-        parts.append("onlink")
-    return " ".join(parts)
-
-
 def apply_namespace(ns: NamespacePlan, pid: int, pids: dict[str, int]) -> list[str]:
     """Program one namespace; return warnings for best-effort objects the kernel refused."""
     warnings: list[str] = []
@@ -159,7 +147,7 @@ def apply_namespace(ns: NamespacePlan, pid: int, pids: dict[str, int]) -> list[s
                     flags=NTF_SELF,
                 )
             for route in ns.routes:
-                step = f"route {describe_route(route)}"
+                step = f"route {route.describe()}"
                 try:
                     ip.route("replace", **_route_args(ip, route))
                 except NetlinkError as e:
@@ -167,7 +155,7 @@ def apply_namespace(ns: NamespacePlan, pid: int, pids: dict[str, int]) -> list[s
                         raise
                     # flanneld's behaviour: log the refused route and carry on.
                     warnings.append(
-                        f"{ns.name}: error adding route {describe_route(route)}: "
+                        f"{ns.name}: error adding route {route.describe()}: "
                         f"{os.strerror(e.code)}" + (f" ({route.why})" if route.why else "")
                     )
             for key, value in ns.sysctls.items():

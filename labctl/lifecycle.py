@@ -15,9 +15,11 @@ from pathlib import Path
 
 from pyroute2 import netns as pr_netns
 
-from labctl import state
+from labctl import state, store
+from labctl.modes import Mode
 from labctl.nsutil import enter_netns_path
 from labctl.state import LAB_ENV, LabError, LabState
+from labctl.topology import Topology
 
 REQUIRED_TOOLS = ("mnexec", "brctl", "nsenter", "tcpdump", "ping")
 UP_TIMEOUT = 600.0
@@ -77,20 +79,24 @@ def _alive(pid: int) -> bool:
 
 def up(
     lab: str,
-    mode: str,
+    mode: Mode,
     topology_file: Path,
-    topology_name: str,
+    topo: Topology,
     progress: Callable[[str], None],
     datapath: str = "kernel",
     notes: list[str] | None = None,
 ) -> LabState:
-    """Start the supervisor for a validated lab and wait until it is ready.
+    """Plan the lab, record the plan and the cluster's objects, start its supervisor and wait
+    until it is ready.
 
-    On any failure everything built so far is removed before the error is raised.
+    A plan that cannot be made is bad input and fails before anything is built; on any later
+    failure everything built so far is removed before the error is raised.
     """
+    plan = mode.plan(topo, datapath)
+    objects = store.from_topology(topo, mode.network)
     if lab in state.list_labs() or os.path.exists(f"/run/netns/{state.netns_name(lab)}"):
         raise LabError(f"lab {lab!r} is already up; 'labctl down -n {lab}' first, or pick -n NAME")
-    st = LabState(lab=lab, mode=mode, topology="", topology_name=topology_name, datapath=datapath)
+    st = LabState(lab=lab, mode=mode.name, topology="", topology_name=topo.name, datapath=datapath)
     st.notes = list(notes or [])
     st.dir.mkdir(parents=True, exist_ok=True)
     copy = st.dir / "topology.yaml"
@@ -98,6 +104,8 @@ def up(
     st.topology = str(copy)
     st.netns = state.netns_name(lab)
     st.save()
+    state.write_plan(lab, plan)
+    store.save(lab, objects)
     try:
         pr_netns.create(st.netns)
         env = dict(os.environ, **{LAB_ENV: lab})

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import selectors
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from labctl.nsutil import in_netns
-from labctl.topology import Topology
+from labctl.store import PodRecord
 
 
 @dataclass
@@ -29,9 +30,9 @@ class PodServers:
         self.sel = selectors.DefaultSelector()
         self.count = 0
 
-    def open(self, topo: Topology, pids: dict[str, int]) -> None:
+    def open(self, pods: Iterable[PodRecord], pids: dict[str, int]) -> None:
         """Bind every pod's declared ports inside that pod's namespace."""
-        for pod in topo.pods:
+        for pod in pods:
             with in_netns(pids[pod.key]):
                 for port in pod.ports:
                     if port.protocol == "TCP":

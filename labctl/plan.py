@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Literal, Protocol
 
-from labctl.checker import Flow, WireSpec
-from labctl.frr import BgpSpeaker
+from labctl.bgp import BgpSpeaker
 from labctl.topology import Topology
+from labctl.wire import Flow, WireSpec
 
 Role = Literal["node", "pod", "router"]
 
@@ -70,6 +70,15 @@ class Route:
     # flanneld logs a rejected route and carries on (host-gw off-link peers): so do we.
     best_effort: bool = False
     why: str = ""
+
+    def describe(self) -> str:
+        """`ip route` style text, for messages."""
+        parts = [self.dst] if self.type == "unicast" else ["blackhole", self.dst]
+        parts += ["via", self.via] if self.via else []
+        parts += ["dev", self.dev] if self.dev else []
+        parts += ["onlink"] if self.onlink else []
+        parts += ["proto", str(self.proto)] if self.proto is not None else []
+        return " ".join(parts)
 
 
 @dataclass

@@ -10,10 +10,11 @@ import resource
 import selectors
 import socket
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from labctl.nsutil import in_netns
-from labctl.topology import Pod, Topology
+from labctl.store import PodRecord
 
 BATCH = 400
 
@@ -32,7 +33,7 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * BATCH), hard))
 
 
-def default_port(pod: Pod, protocol: str) -> int:
+def default_port(pod: PodRecord, protocol: str) -> int:
     """The first declared port of that protocol (80 if none)."""
     for p in pod.ports:
         if p.protocol == protocol.upper():
@@ -65,26 +66,28 @@ NOT_PROBED = "not probed: the host's ARP table overflowed"
 
 
 def probe(
-    topo: Topology,
+    pods: Sequence[PodRecord],
     pids: dict[str, int],
     protocol: str = "tcp",
     port: int | None = None,
     timeout: float = 2.0,
+    expect: Mapping[tuple[str, str], bool] | None = None,
 ) -> list[Result]:
     """Probe every ordered pod pair (pods never probe themselves), one source pod at a time.
 
-    Pairs that timed out get one more try. If the host's shared ARP table overflows, the
+    Pairs that timed out get one more try, unless `expect` says policy blocks them (a blocked
+    probe gives up after one `timeout`). If the host's shared ARP table overflows, the
     kernel drops packets for reasons that have nothing to do with the dataplane, and every
     further probe would only time out: probing stops and the rest are reported NOT_PROBED.
     """
     _raise_fd_limit()
     results: dict[tuple[str, str], Result] = {}
-    all_pairs = [(s, d) for s in topo.pods for d in topo.pods if s.key != d.key]
+    all_pairs = [(s, d) for s in pods for d in pods if s.key != d.key]
     fulls = arp_table_fulls()
 
-    def run(pairs: list[tuple[Pod, Pod]]) -> bool:
+    def run(pairs: list[tuple[PodRecord, PodRecord]]) -> bool:
         for i in range(0, len(pairs), BATCH):
-            for r in _batch(topo, pids, pairs[i : i + BATCH], port, timeout, protocol):
+            for r in _batch(pids, pairs[i : i + BATCH], port, timeout, protocol):
                 results[(r.src, r.dst)] = r
             now = arp_table_fulls()
             if fulls is not None and now is not None and now > fulls:
@@ -93,7 +96,10 @@ def probe(
 
     if run(all_pairs):
         retry = [
-            (s, d) for s, d in all_pairs if results[(s.key, d.key)].detail.startswith("timeout")
+            (s, d)
+            for s, d in all_pairs
+            if results[(s.key, d.key)].detail.startswith("timeout")
+            and (expect is None or expect[(s.key, d.key)])
         ]
         # All pairs timing out is a dead dataplane, not a lost packet: don't wait on it twice.
         if retry and len(retry) < len(all_pairs):
@@ -103,14 +109,13 @@ def probe(
     ]
 
 
-def _target(topo: Topology, dst: Pod, port: int | None, protocol: str) -> tuple[str, int]:
-    return str(topo.pod_ips[dst.key]), port or default_port(dst, protocol)
+def _target(dst: PodRecord, port: int | None, protocol: str) -> tuple[str, int]:
+    return dst.ip, port or default_port(dst, protocol)
 
 
 def _batch(
-    topo: Topology,
     pids: dict[str, int],
-    pairs: list[tuple[Pod, Pod]],
+    pairs: list[tuple[PodRecord, PodRecord]],
     port: int | None,
     timeout: float,
     protocol: str,
@@ -125,7 +130,7 @@ def _batch(
             sock = socket.socket(socket.AF_INET, kind)
             sock.setblocking(False)
             # UDP connect() too, so ICMP unreachables come back as errors on this socket.
-            code = sock.connect_ex(_target(topo, d, port, protocol))
+            code = sock.connect_ex(_target(d, port, protocol))
         if code not in (0, errno.EINPROGRESS):
             results[n] = Result(s.key, d.key, False, os.strerror(code))
             sock.close()
@@ -166,7 +171,7 @@ def _batch(
     return [results[n] for n in range(len(pairs))]
 
 
-def _judge(s: Pod, d: Pod, data: bytes, err: int) -> Result:
+def _judge(s: PodRecord, d: PodRecord, data: bytes, err: int) -> Result:
     if err:
         return Result(s.key, d.key, False, os.strerror(err))
     answer = data.decode(errors="replace").strip()

@@ -8,7 +8,7 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from labctl import frr
+from labctl import bgp, frr
 from labctl.nsutil import nsenter_argv
 from labctl.plan import Plan
 
@@ -78,7 +78,7 @@ def _reach_all(targets: dict[str, list[str]], pids: dict[str, int], timeout: flo
 
 
 def _wait_routes(
-    speakers: dict[str, frr.BgpSpeaker], pids: dict[str, int], timeout: float
+    speakers: dict[str, bgp.BgpSpeaker], pids: dict[str, int], timeout: float
 ) -> set[str]:
     """Wait until each speaker that originates blocks and installs routes has every other
     speaker's blocks as kernel bgp routes; return the speakers still missing some."""

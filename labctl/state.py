@@ -12,11 +12,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter
+
+from labctl.plan import Plan
+
 STATE_ROOT = Path(os.environ.get("LABCTL_STATE_DIR", "/run/labctl"))
 LAB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,22}[a-z0-9])?$")
 # Every process a lab starts carries this in its environment: that, not a PID or a namespace
 # inode (both reused by the kernel), is how `down` recognises the lab's processes.
 LAB_ENV = "LABCTL_LAB"
+_PLAN: TypeAdapter[Plan] = TypeAdapter(Plan)
 
 
 class LabError(Exception):
@@ -110,6 +115,24 @@ def load(lab: str) -> LabState:
         raise LabError(f"no lab named {lab!r} is up (see 'labctl status')") from None
     raw["namespaces"] = {k: NsRecord(**v) for k, v in raw.get("namespaces", {}).items()}
     return LabState(**raw)
+
+
+PLAN_FILE = "plan.json"
+
+
+def write_plan(lab: str, plan: Plan) -> None:
+    """Record the lab's plan: what `up` programs, and what every later command reads."""
+    path = lab_dir(lab) / PLAN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_PLAN.dump_json(plan))
+
+
+def read_plan(lab: str) -> Plan:
+    """The plan recorded at `up`."""
+    try:
+        return _PLAN.validate_json((lab_dir(lab) / PLAN_FILE).read_bytes())
+    except FileNotFoundError:
+        raise LabError(f"lab {lab!r} has no recorded plan; is it up? (labctl status)") from None
 
 
 def list_labs() -> list[str]:

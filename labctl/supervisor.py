@@ -15,10 +15,10 @@ import time
 import traceback
 from types import FrameType
 
-from labctl import daemons, engine, routing, state, wiring
+from labctl import daemons, engine, routing, state, store, wiring
 from labctl.listeners import PodServers
 from labctl.modes import get_mode
-from labctl.topology import load_topology
+from labctl.policy import apply as policy
 
 
 class _Stop(Exception):
@@ -46,8 +46,8 @@ def run(lab: str) -> int:
     group = daemons.Group(lab)
     speakers = routing.Speakers()
     try:
-        topo = load_topology(st.topology)
-        plan = get_mode(st.mode).plan(topo, st.datapath)
+        plan = state.read_plan(lab)
+        objects = store.load(lab)
         phase("creating namespaces")
         pids: dict[str, int] = {}
 
@@ -61,8 +61,11 @@ def run(lab: str) -> int:
         phase("programming the dataplane")
         st.warnings = engine.apply(plan, pids, phase)
         st.notes += [n for n in plan.notes if n not in st.notes]
+        if get_mode(st.mode).enforces_policy:
+            phase("programming the policy dataplane")
+            policy.sync(objects, pids, [n.name for n in plan.node_ns()])
         phase("starting pod servers and daemons")
-        servers.open(topo, pids)
+        servers.open(objects.pods.values(), pids)
         group.start(plan, pids, st)
         for name, dpids in speakers.start(plan, pids, phase).items():
             for dpid in dpids:

@@ -11,14 +11,16 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
-from labctl import checker, state
+from labctl import checker, checks, state, store
 from labctl.capture import CAPTURE_ROOT, Capture
-from labctl.checker import CheckResult, Flow
 from labctl.modes import get_mode
 from labctl.nsutil import nsenter_argv
 from labctl.plan import UNDERLAY_IF, Plan
+from labctl.policy import checks as policy_checks
 from labctl.probe import Result, arp_table_fulls, probe
+from labctl.store import PodRecord
 from labctl.topology import Topology, load_topology
+from labctl.wire import CheckResult, Flow
 
 MAX_PINGS = 64  # ping processes at once: a 20-node lab has 760 MTU probes
 
@@ -52,48 +54,64 @@ def _why_unreachable(src_node: str, dst_node: str, topo: Topology, warnings: lis
 
 
 def connectivity_checks(
-    results: list[Result], topo: Topology, warnings: list[str]
+    results: list[Result],
+    topo: Topology,
+    warnings: list[str],
+    pod_node: dict[str, str],
+    expect: dict[tuple[str, str], bool] | None = None,
 ) -> list[CheckResult]:
-    """One check per ordered node pair (pods on the same node count as that node's pair)."""
-    pod_node = {p.key: p.node for p in topo.pods}
+    """One check per ordered node pair (pods on the same node count as that node's pair):
+    every pod pair answered, or, with NetworkPolicies, did exactly what Kubernetes says."""
     groups: dict[tuple[str, str], list[Result]] = {}
     for r in results:
         groups.setdefault((pod_node[r.src], pod_node[r.dst]), []).append(r)
     out = []
     for (a, b), rs in groups.items():
-        bad = [r for r in rs if not r.ok]
+        want = {(r.src, r.dst): True if expect is None else expect[(r.src, r.dst)] for r in rs}
+        bad = [r for r in rs if r.ok != want[(r.src, r.dst)]]
+        blocked = sum(not w for w in want.values())
         name = f"connectivity {a} -> {b}"
+        policy = f", {blocked} blocked by NetworkPolicy as expected" if blocked else ""
         if not bad:
-            out.append(CheckResult(name, True, f"{len(rs)}/{len(rs)} pod pairs answered"))
+            ok = len(rs) - blocked
+            out.append(CheckResult(name, True, f"{ok}/{len(rs)} pod pairs answered{policy}"))
             continue
-        examples = "; ".join(f"{r.src} -> {r.dst}: {r.detail}" for r in bad[:3])
+        examples = "; ".join(
+            f"{r.src} -> {r.dst}: "
+            + (r.detail if want[(r.src, r.dst)] else "answered although NetworkPolicy blocks it")
+            for r in bad[:3]
+        )
         why = _why_unreachable(a, b, topo, warnings)
-        detail = f"{len(rs) - len(bad)}/{len(rs)} pod pairs answered ({examples})"
+        detail = f"{len(rs) - len(bad)}/{len(rs)} pod pairs as expected ({examples})"
         out.append(CheckResult(name, False, detail + (f"; because {why}" if why else "")))
     return out
 
 
-def mtu_checks(topo: Topology, plan: Plan, pids: dict[str, int]) -> list[CheckResult]:
+def mtu_checks(
+    pods: list[PodRecord],
+    plan: Plan,
+    pids: dict[str, int],
+    icmp_allowed: dict[tuple[str, str], bool] | None = None,
+) -> list[CheckResult]:
     """Per ordered node pair: a DF ping of exactly the source pod's MTU passes, one byte
-    more fails."""
-    first: dict[str, str] = {}
-    mtu_of: dict[str, int] = {}
-    for pod in topo.pods:
-        first.setdefault(pod.node, pod.key)
-        mtu_of[pod.key] = plan.node_pod_mtu[pod.node]
+    more fails (between the first pod pair of those nodes whose ICMP policy allows)."""
+    ip_of = {p.key: p.ip for p in pods}
+    mtu_of = {p.key: plan.node_pod_mtu[p.node] for p in pods}
+    chosen: dict[tuple[str, str], tuple[str, str]] = {}
+    for a in pods:
+        for b in pods:
+            if a.node == b.node or (icmp_allowed and not icmp_allowed[(a.key, b.key)]):
+                continue
+            chosen.setdefault((a.node, b.node), (a.key, b.key))
     jobs = [
-        (src, dst, size)
-        for a, src in first.items()
-        for b, dst in first.items()
-        if a != b
-        for size in (mtu_of[src], mtu_of[src] + 1)
+        (src, dst, size) for src, dst in chosen.values() for size in (mtu_of[src], mtu_of[src] + 1)
     ]
     passed: dict[tuple[str, str, int], bool] = {}
     for i in range(0, len(jobs), MAX_PINGS):
         wave = []
         for src, dst, size in jobs[i : i + MAX_PINGS]:
             argv = ["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", "-M", "do"]
-            argv += ["-s", str(size - 28), str(topo.pod_ips[dst])]
+            argv += ["-s", str(size - 28), ip_of[dst]]
             p = subprocess.Popen(
                 nsenter_argv(pids[src], argv, mount=False),
                 stdout=subprocess.DEVNULL,
@@ -116,9 +134,13 @@ def mtu_checks(topo: Topology, plan: Plan, pids: dict[str, int]) -> list[CheckRe
 
 
 def wire_checks(
-    flows: list[Flow], pcaps: dict[str, Path], pod_cidr: IPv4Network
+    flows: list[Flow],
+    pcaps: dict[str, Path],
+    pod_cidr: IPv4Network,
+    all_flows: list[Flow] | None = None,
 ) -> list[CheckResult]:
-    """Each flow against the source node's capture, plus a leak check per capture."""
+    """Each flow against the source node's capture, plus a leak check per capture (against
+    `all_flows`: pairs whose replies a policy blocks still cross the wire one way)."""
     out: list[CheckResult] = []
     by_node: dict[str, list[Flow]] = {}
     for f in flows:
@@ -134,7 +156,7 @@ def wire_checks(
         for peer, pairs in per_peer.items():
             out.append(_merge(f"wire {node} -> {peer}", pairs, str(path)))
         # All flows, not just this node's: a bridge may flood a frame before it learns MACs.
-        leak = checker.check_no_leaks(index, flows, str(pod_cidr), pcap=str(path))
+        leak = checker.check_no_leaks(index, all_flows or flows, str(pod_cidr), pcap=str(path))
         leak.name = f"nothing else on {node}'s wire ({leak.name})"
         out.append(leak)
     return out
@@ -177,40 +199,55 @@ def neighbour_check(before: int | None, after: int | None, failures: int) -> Che
 
 
 def verify(lab: str, with_mtu: bool = True) -> Report:
-    """Run the whole verification of a lab that is up."""
+    """Run the whole verification of a lab that is up, from its recorded plan and objects."""
     started = time.monotonic()
     st = state.load(lab)
     topo = load_topology(st.topology)
     mode = get_mode(st.mode)
-    plan = mode.plan(topo, st.datapath)
+    plan = state.read_plan(lab)
+    objects = store.load(lab)
+    pods = list(objects.pods.values())
     pids = {name: rec.pid for name, rec in st.namespaces.items()}
     report = Report(lab=lab, mode=st.mode, notes=list(st.notes))
+    expect = {
+        proto: policy_checks.expected(objects, mode.enforces_policy, proto, None)
+        for proto in ("tcp", "udp", "icmp")
+    }
     outdir = CAPTURE_ROOT / lab / st.mode
     cap = Capture(lab)
     nodes = [n.name for n in plan.node_ns()]
     cap.start({n: (pids[n], UNDERLAY_IF) for n in nodes}, outdir)
     fulls_before = arp_table_fulls()
     try:
-        results = probe(topo, pids, "tcp")
-        results += probe(topo, pids, "udp")
+        by_proto = {p: probe(pods, pids, p, expect=expect[p]) for p in ("tcp", "udp")}
     finally:
         pcaps = cap.stop()
+    results = by_proto["tcp"] + by_proto["udp"]
     failures = sum(not r.ok for r in results)
     overflow = neighbour_check(fulls_before, arp_table_fulls(), failures)
     if overflow:
         report.add(overflow)
-    for c in connectivity_checks(results, topo, st.warnings):
+    pod_node = {p.key: p.node for p in pods}
+    for proto, rs in by_proto.items():
+        for c in connectivity_checks(rs, topo, st.warnings, pod_node, expect[proto]):
+            if proto == "udp":
+                c.name = c.name.replace("connectivity", "connectivity udp")
+            report.add(c)
+    # Pairs a policy blocks send nothing back: the wire is checked where both protocols pass.
+    open_pairs = {k for k, ok in expect["tcp"].items() if ok and expect["udp"][k]}
+    flows = [f for f in plan.flows if (f.src_pod, f.dst_pod) in open_pairs]
+    for c in wire_checks(flows, pcaps, topo.cluster.podCIDR, all_flows=plan.flows):
         report.add(c)
-    for c in wire_checks(plan.flows, pcaps, topo.cluster.podCIDR):
+    for c in checks.run(mode.checks, topo, plan, pids):
         report.add(c)
-    if mode.checks is not None:
-        for c in mode.checks(topo, plan, pids):
+    if mode.enforces_policy:
+        for c in policy_checks.table_checks(policy_checks.compiled(objects, nodes), pids):
             report.add(c)
     if overflow is not None and not overflow.passed:
         # The kernel drops for want of ARP entries: an MTU verdict would only repeat that.
         report.notes.append("MTU checks skipped: the host's ARP table overflowed")
-    elif with_mtu and len({p.node for p in topo.pods}) > 1:
-        for c in mtu_checks(topo, plan, pids):
+    elif with_mtu and len({p.node for p in pods}) > 1:
+        for c in mtu_checks(pods, plan, pids, expect["icmp"]):
             report.add(c)
     report.seconds = round(time.monotonic() - started, 3)
     return report

@@ -31,43 +31,34 @@ resolve-via-default``, BIRD's ``gateway recursive``).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Literal
 
-from labctl import frr
-from labctl.checker import CheckResult, WireSpec
-from labctl.frr import BgpNeighbor, BgpSpeaker, CalicoNode
-from labctl.modes import Mode, register
+from labctl import bgp
+from labctl.bgp import BgpNeighbor, BgpSpeaker, CalicoNode
+from labctl.modes import FELIX, Mode, register
+from labctl.modes.podnet import CALI
 from labctl.modes.tunnels import add_ipip, add_vxlan
-from labctl.nsutil import nsenter_argv
 from labctl.plan import (
     UNDERLAY_IF,
     Address,
     Fdb,
-    Link,
     NamespacePlan,
     Neigh,
     Plan,
     Route,
     base_plan,
     cross_node_flows,
-    pod_ns_name,
     stable_mac,
     underlay_mac,
 )
-from labctl.topology import Pod, Topology, TopologyError
+from labctl.topology import Topology, TopologyError
+from labctl.wire import WireSpec
 
 #: IPAM block size (``blockSize`` default for IPv4).
 BLOCK_PREFIX = 26
-#: Every host-side cali* veth has this MAC (the CNI plugin forces it).
-CALI_MAC = "ee:ee:ee:ee:ee:ee"
-#: The pods' dummy next hop, answered by proxy ARP on the cali* interface.
-POD_GATEWAY = "169.254.1.1"
 #: Felix's ``DefaultRouteProto``: the protocol of the routes Felix writes.
 FELIX_PROTO = 80
 IPIP_DEV = "tunl0"
@@ -87,20 +78,10 @@ NO_RIB_NOTE = (
     "nothing (bgp no-rib); the remote-block routes are the lab's own, written like Felix "
     "(proto 80, Calico >= 3.34 ProgramClusterRoutes)"
 )
-NO_GATEWAY_NOTE = (
-    "nodes {nodes} have no default route, so each gets '169.254.1.1 dev eth0 scope link': "
-    "proxy ARP on cali* answers only when the node routes 169.254.1.1 out of another "
-    "interface, which a real node's default route provides"
-)
 STATIC_ROUTERS_NOTE = (
     "calico-bgp: routers {routers} have no asn, so they learn no pod routes and drop bare pod "
     "traffic between segments (give them an asn, or use calico-ipip/calico-vxlan)"
 )
-
-
-def cali_name(pod: Pod) -> str:
-    """Host-side veth name: 'cali' + the first 11 hex digits of sha1('<namespace>.<pod>')."""
-    return "cali" + hashlib.sha1(f"{pod.namespace}.{pod.name}".encode()).hexdigest()[:11]
 
 
 def ipam_block(topo: Topology, node: str) -> IPv4Network:
@@ -315,43 +296,6 @@ ENCAPS: dict[str, Encap] = {
 }
 
 
-# ---- pod model ----
-
-
-def _plan_pod(plan: Plan, node_ns: NamespacePlan, pod: Pod, topo: Topology, mtu: int) -> None:
-    key = pod_ns_name(pod.namespace, pod.name)
-    cali = cali_name(pod)
-    pod_ip = str(topo.pod_ips[pod.key])
-    pod_mac = underlay_mac(key, "eth0")
-    node_ns.links.append(
-        Link(
-            name=cali,
-            kind="veth",
-            mtu=mtu,
-            mac=CALI_MAC,
-            peer_ns=key,
-            peer_name="eth0",
-            peer_mtu=mtu,
-            peer_mac=pod_mac,
-        )
-    )
-    node_ns.routes.append(Route(dst=f"{pod_ip}/32", dev=cali, scope="link"))
-    # Felix's static ARP entry: the host never has to ask the pod.
-    node_ns.neighbours.append(Neigh(cali, pod_ip, pod_mac))
-    node_ns.sysctls.update(
-        {
-            f"net.ipv4.conf.{cali}.proxy_arp": "1",
-            f"net.ipv4.neigh.{cali}.proxy_delay": "0",
-            f"net.ipv4.conf.{cali}.forwarding": "1",
-            f"net.ipv4.conf.{cali}.route_localnet": "1",
-        }
-    )
-    pod_ns = plan.namespaces[key]
-    pod_ns.addresses.append(Address("eth0", f"{pod_ip}/32"))
-    pod_ns.routes.append(Route(dst=POD_GATEWAY, dev="eth0", scope="link"))
-    pod_ns.routes.append(Route(dst="default", via=POD_GATEWAY, dev="eth0"))
-
-
 # ---- BGP speakers ----
 
 
@@ -378,7 +322,7 @@ def _router_speakers(topo: Topology, with_nodes: bool) -> dict[str, BgpSpeaker]:
         if router.asn is None:
             continue
         node_ips = [n.ip for n in topo.nodes.values() if n.segment in router.interfaces]
-        speaker = frr.router_speaker(
+        speaker = bgp.router_speaker(
             rname,
             next(iter(router.interfaces.values())),
             router.asn,
@@ -433,7 +377,7 @@ def _node_speakers(
         name: [_tor_neighbor(topo, rname, node.segment) for rname in _rack_routers(topo, name)]
         for name, node in topo.nodes.items()
     }
-    return frr.calico_speakers(
+    return bgp.calico_speakers(
         nodes,
         topo.bgp.asn,
         mesh=node_mesh(topo),
@@ -442,7 +386,7 @@ def _node_speakers(
     )
 
 
-def _routers_between_segments(topo: Topology) -> list[str]:
+def routers_between_segments(topo: Topology) -> list[str]:
     """Routers that pod traffic between nodes may cross (nodes on more than one segment)."""
     if len({n.segment for n in topo.nodes.values()}) < 2:
         return []
@@ -454,7 +398,8 @@ def _routers_between_segments(topo: Topology) -> list[str]:
 
 def plan_calico(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
     """Calico's per-node state: cali* veths, /32 pod routes, the block, the encapsulation."""
-    encap = ENCAPS[mode.name]
+    encap = mode.backend
+    assert isinstance(encap, Encap)
     plan = base_plan(topo, mode, datapath)
     if encap.kernel_feature is not None and datapath == "userspace":
         plan.notes.append(USERSPACE_NOTE)
@@ -462,18 +407,14 @@ def plan_calico(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
         plan.notes.append(NO_RIB_NOTE.format(mode=mode.name))
     blocks = {node: ipam_block(topo, node) for node in topo.nodes}
     peers = {node: calico_peers(topo, node, blocks) for node in topo.nodes}
-    no_gateway = [n for n in topo.nodes if topo.node_gateway(n) is None]
-    if no_gateway:
-        plan.notes.append(NO_GATEWAY_NOTE.format(nodes=", ".join(no_gateway)))
     for node in topo.nodes:
         ns = plan.namespaces[node]
         pod_mtu = plan.node_pod_mtu[node]
         if encap.device is not None:
             encap.device(ns, topo, node, blocks[node], pod_mtu, datapath, peers[node])
+        mode.network.node(plan, ns, topo, node, pod_mtu)
         for pod in topo.pods_on(node):
-            _plan_pod(plan, ns, pod, topo, pod_mtu)
-        if node in no_gateway:
-            ns.routes.append(Route(dst=POD_GATEWAY, dev=UNDERLAY_IF, scope="link"))
+            mode.network.pod(plan, ns, pod, topo, pod_mtu)
         if encap.per_peer is not None:
             # Felix owns the routes: the blackhole is its too (BGP mode: FRR's staticd).
             ns.routes.append(Route(dst=str(blocks[node]), type="blackhole", proto=FELIX_PROTO))
@@ -485,7 +426,7 @@ def plan_calico(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
             plan.namespaces[node].bgp = speaker
     for rname, speaker in _router_speakers(topo, with_nodes=encap.bgp != "off").items():
         plan.namespaces[rname].bgp = speaker
-    static = [r for r in _routers_between_segments(topo) if topo.routers[r].asn is None]
+    static = [r for r in routers_between_segments(topo) if topo.routers[r].asn is None]
     if encap.bgp == "install" and static:
         plan.notes.append(STATIC_ROUTERS_NOTE.format(routers=", ".join(static)))
 
@@ -495,7 +436,7 @@ def plan_calico(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
     return plan
 
 
-# ---- checks (verify) ----
+# ---- the BGP design, for the checks ----
 
 
 def expected_node_sessions(topo: Topology) -> int:
@@ -508,7 +449,7 @@ def expected_node_sessions(topo: Topology) -> int:
     return n * (n - 1) // 2 if node_mesh(topo) else 0
 
 
-def _design(topo: Topology) -> str:
+def design(topo: Topology) -> str:
     rrs = sorted(set(topo.bgp.routeReflectors))
     if rrs:
         return f"route reflector(s) {', '.join(rrs)} with {len(topo.nodes) - len(rrs)} clients"
@@ -517,158 +458,25 @@ def _design(topo: Topology) -> str:
     return "AS per rack: every node peers only with its router(s), no mesh"
 
 
-def session_checks(topo: Topology, plan: Plan, pids: dict[str, int]) -> list[CheckResult]:
-    """Per speaker: every configured neighbor Established; overall: the node-to-node session
-    count matches the mesh or reflector design."""
-    out = []
-    node_ips = {str(n.ip) for n in topo.nodes.values()}
-    # (node IP, peer node IP) for every session a node reports Established.
-    seen: set[tuple[str, str]] = set()
-    for ns in plan.namespaces.values():
-        if ns.bgp is None:
-            continue
-        name = f"bgp sessions {ns.name}"
-        try:
-            states = frr.peer_states(pids[ns.name])
-        except (frr.FrrError, ValueError) as e:
-            out.append(CheckResult(name, False, f"bgpd does not answer: {e}"))
-            continue
-        want = [str(n.ip) for n in ns.bgp.neighbors]
-        up = [ip for ip in want if states.get(ip) == "Established"]
-        down = [f"{ip} {states.get(ip, 'not configured')}" for ip in want if ip not in up]
-        detail = f"{len(up)}/{len(want)} Established"
-        out.append(
-            CheckResult(name, not down, detail + (f"; not: {', '.join(down)}" if down else ""))
-        )
-        if ns.role == "node":
-            me = str(topo.nodes[ns.name].ip)
-            seen |= {(me, ip) for ip in up if ip in node_ips}
-    if any(ns.bgp is not None for ns in plan.node_ns()):
-        # A session counts once both ends report it Established.
-        node_pairs = {frozenset(pair) for pair in seen if pair[::-1] in seen}
-        want_n = expected_node_sessions(topo)
-        out.append(
-            CheckResult(
-                "bgp design",
-                len(node_pairs) == want_n,
-                f"{_design(topo)}: {len(node_pairs)}/{want_n} node-to-node sessions Established",
-            )
-        )
-    return out
-
-
-def _kernel_routes(pid: int) -> list[dict[str, Any]]:
-    proc = subprocess.run(
-        nsenter_argv(pid, ["ip", "-j", "-4", "route", "show"], mount=False),
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    )
-    routes: list[dict[str, Any]] = json.loads(proc.stdout or "[]")
-    return routes
-
-
-def _blocks(topo: Topology) -> dict[str, IPv4Network]:
+def blocks(topo: Topology) -> dict[str, IPv4Network]:
+    """Every node's IPAM block."""
     return {node: ipam_block(topo, node) for node in topo.nodes}
-
-
-def bgp_route_checks(topo: Topology, plan: Plan, pids: dict[str, int]) -> list[CheckResult]:
-    """calico-bgp: each node has every remote block as a ``proto bgp`` kernel route, and each
-    router that pod traffic may cross has a route covering every block."""
-    blocks = _blocks(topo)
-    out = []
-    for node in topo.nodes:
-        want = sorted(str(b) for n, b in blocks.items() if n != node)
-        have = set(frr.kernel_bgp_routes(pids[node]))
-        missing = [b for b in want if b not in have]
-        detail = f"{len(want) - len(missing)}/{len(want)} remote blocks as proto bgp routes"
-        out.append(
-            CheckResult(
-                f"bgp routes {node}",
-                not missing,
-                detail + (f"; missing {', '.join(missing)}" if missing else ""),
-            )
-        )
-    for router in _routers_between_segments(topo):
-        nets = [
-            IPv4Network("0.0.0.0/0" if r["dst"] == "default" else r["dst"], strict=False)
-            for r in _kernel_routes(pids[router])
-            if r.get("type", "unicast") == "unicast"
-        ]
-        missing = [str(b) for b in blocks.values() if not any(b.subnet_of(n) for n in nets)]
-        why = (
-            "it has no asn, so it runs no BGP and learns no pod routes"
-            if topo.routers[router].asn is None
-            else "BGP did not bring them"
-        )
-        detail = (
-            f"routes cover all {len(blocks)} pod blocks"
-            if not missing
-            else f"no route to {', '.join(missing)}: {why}; bare pod traffic through it is dropped"
-        )
-        out.append(CheckResult(f"pod routes on router {router}", not missing, detail))
-    return out
-
-
-def _same_route(kernel: dict[str, Any], route: Route) -> bool:
-    proto = str(route.proto) if route.proto is not None else "boot"
-    return (
-        kernel.get("dst") == route.dst
-        and kernel.get("gateway") == route.via
-        and kernel.get("dev") == route.dev
-        and ("onlink" in kernel.get("flags", [])) == route.onlink
-        and str(kernel.get("protocol", "boot")) == proto
-    )
-
-
-def felix_route_checks(topo: Topology, plan: Plan, pids: dict[str, int]) -> list[CheckResult]:
-    """ipip/vxlan modes: every route the lab wrote like Felix (blackhole and remote blocks)
-    is in the node's kernel exactly, protocol included."""
-    blocks = {str(b) for b in _blocks(topo).values()}
-    out = []
-    for ns in plan.node_ns():
-        want = [r for r in ns.routes if r.dst in blocks]
-        have = _kernel_routes(pids[ns.name])
-        missing = [r for r in want if not any(_same_route(k, r) for k in have)]
-        detail = f"{len(want) - len(missing)}/{len(want)} Felix routes present"
-        if missing:
-            detail += "; missing: " + "; ".join(_describe(r) for r in missing)
-        out.append(CheckResult(f"felix routes {ns.name}", not missing, detail))
-    return out
-
-
-def _describe(route: Route) -> str:
-    parts = [route.type if route.type == "blackhole" else "", route.dst]
-    parts += ["via", route.via] if route.via else []
-    parts += ["dev", route.dev] if route.dev else []
-    parts += ["onlink"] if route.onlink else []
-    parts += ["proto", str(route.proto)] if route.proto is not None else []
-    return " ".join(p for p in parts if p)
-
-
-def _checks(encap: Encap) -> Callable[[Topology, Plan, dict[str, int]], list[CheckResult]]:
-    routes = felix_route_checks if encap.per_peer is not None else bgp_route_checks
-
-    def run(topo: Topology, plan: Plan, pids: dict[str, int]) -> list[CheckResult]:
-        return session_checks(topo, plan, pids) + routes(topo, plan, pids)
-
-    return run
 
 
 def _mode(name: str, summary: str, wire: str) -> Mode:
     encap = ENCAPS[name]
+    # Felix writes the remote-block routes where there is a per-peer function; else BGP does.
+    routes = "felix-routes" if encap.per_peer is not None else "bgp-routes"
     return Mode(
         name=name,
         cni="calico",
         summary=summary,
         wire=wire,
-        overhead=encap.overhead,
-        enforces_policy=True,
+        network=CALI,
+        backend=encap,
         planner=plan_calico,
-        wire_specs=encap.wire,
-        kernel_feature=encap.kernel_feature,
-        checks=_checks(encap),
+        policy=FELIX,
+        checks=("bgp-sessions", routes),
     )
 
 

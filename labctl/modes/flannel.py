@@ -7,13 +7,12 @@ shared/cni-dataplane-reference.md sections 4-8).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from labctl.checker import WireSpec
 from labctl.modes import Mode, register
+from labctl.modes.podnet import BRIDGE
 from labctl.modes.tunnels import add_ipip, add_vxlan
 from labctl.plan import (
     UNDERLAY_IF,
@@ -29,18 +28,17 @@ from labctl.plan import (
     base_plan,
     cross_node_flows,
     peers_of,
-    pod_ns_name,
     stable_mac,
     underlay_mac,
 )
 from labctl.render import render
-from labctl.topology import Pod, Topology
+from labctl.topology import Topology
+from labctl.wire import WireSpec
 
 USERSPACE_NOTE = (
     "userspace IPIP datapath: a TUN device plus a raw IP-protocol-4 socket per node "
     "(labctl.datapath.ipip) puts the same bytes on the wire as the kernel's ipip device"
 )
-BRIDGE = "cni0"
 VXLAN_DEV = "flannel.1"
 VXLAN_VNI = 1
 VXLAN_PORT = 8472  # the Linux kernel default flannel relies on, not IANA's 4789
@@ -62,11 +60,6 @@ class Backend:
     # How a packet from a pod on node A to a pod on node B crosses the wire.
     encap_for: Callable[[Peer], dict[str, Any]] = lambda peer: {"encap": "bare"}
     wire: tuple[WireSpec, ...] = ()
-
-
-def veth_name(pod: Pod) -> str:
-    """Host-side veth name: 'veth' + 8 hex digits, like the bridge plugin's random names."""
-    return "veth" + hashlib.sha1(f"{pod.namespace}/{pod.name}".encode()).hexdigest()[:8]
 
 
 # ---- vxlan ----
@@ -236,8 +229,10 @@ BACKENDS: dict[str, Backend] = {
 
 
 def plan_flannel(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
-    """Flannel's per-node state: lease files, `cni0`, pod veths, backend device and peers."""
-    backend = BACKENDS[mode.name]
+    """Flannel's per-node state: lease files, the pod network (``cni0``; Canal: ``cali*``),
+    the backend device and what each peer's lease asks for."""
+    backend = mode.backend
+    assert isinstance(backend, Backend)
     plan = base_plan(topo, mode, datapath)
     if datapath == "userspace":
         plan.notes.append(USERSPACE_NOTE)
@@ -248,58 +243,30 @@ def plan_flannel(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
         pod_mtu = plan.node_pod_mtu[node]
         ns.private_dirs.extend(PRIVATE_DIRS)
         lease = topo.node_pod_cidrs[node]
-        gateway = lease.network_address + 1
         ns.files["/run/flannel/subnet.env"] = render(
             "subnet.env.j2",
             network=network,
-            subnet_gateway=gateway,
+            subnet_gateway=lease.network_address + 1,
             subnet_prefixlen=lease.prefixlen,
             mtu=pod_mtu,
             ipmasq=True,
         )
-        ns.files["/etc/cni/net.d/10-flannel.conflist"] = render("10-flannel.conflist.j2")
+        ns.files[f"/etc/cni/net.d/{mode.cni_conf}"] = render(
+            f"{mode.cni_conf}.j2", mtu=pod_mtu, node=node
+        )
         ns.files["/etc/kube-flannel/net-conf.json"] = render(
             "net-conf.json.j2", network=network, backend=backend.options
         )
         if backend.device is not None:
             backend.device(ns, topo, node, pod_mtu, datapath, list(peers[node].values()))
-        # The bridge plugin: cni0 with the gateway .1 of the lease, at the flannel MTU.
-        ns.links.append(
-            Link(name=BRIDGE, kind="bridge", mtu=pod_mtu, mac=underlay_mac(node, BRIDGE))
-        )
-        ns.addresses.append(Address(BRIDGE, f"{gateway}/{lease.prefixlen}"))
+        mode.network.node(plan, ns, topo, node, pod_mtu)
         for pod in topo.pods_on(node):
-            _plan_pod(plan, ns, pod, topo, pod_mtu, str(gateway))
+            mode.network.pod(plan, ns, pod, topo, pod_mtu)
         for peer in peers[node].values():
             backend.per_peer(ns, peer)
 
     plan.flows = cross_node_flows(topo, lambda a, b: backend.encap_for(peers[a][b]))
     return plan
-
-
-def _plan_pod(
-    plan: Plan, node_ns: NamespacePlan, pod: Pod, topo: Topology, mtu: int, gateway: str
-) -> None:
-    key = pod_ns_name(pod.namespace, pod.name)
-    lease = topo.node_pod_cidrs[pod.node]
-    node_ns.links.append(
-        Link(
-            name=veth_name(pod),
-            kind="veth",
-            mtu=mtu,
-            master=BRIDGE,
-            hairpin=True,
-            peer_ns=key,
-            peer_name="eth0",
-            peer_mtu=mtu,
-            peer_mac=underlay_mac(key, "eth0"),
-        )
-    )
-    pod_ns = plan.namespaces[key]
-    pod_ns.addresses.append(Address("eth0", f"{topo.pod_ips[pod.key]}/{lease.prefixlen}"))
-    # isDefaultGateway plus the IPAM route for the whole flannel network.
-    pod_ns.routes.append(Route(dst="default", via=gateway, dev="eth0"))
-    pod_ns.routes.append(Route(dst=str(topo.cluster.podCIDR), via=gateway, dev="eth0"))
 
 
 def _mode(name: str, summary: str, wire: str) -> Mode:
@@ -308,11 +275,10 @@ def _mode(name: str, summary: str, wire: str) -> Mode:
         cni="flannel",
         summary=summary,
         wire=wire,
-        overhead=BACKENDS[name].overhead,
-        enforces_policy=False,
+        network=BRIDGE,
+        backend=BACKENDS[name],
         planner=plan_flannel,
-        wire_specs=BACKENDS[name].wire,
-        kernel_feature=BACKENDS[name].kernel_feature,
+        cni_conf="10-flannel.conflist",
     )
 
 

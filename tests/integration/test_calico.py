@@ -32,7 +32,7 @@ MODES = (
     "calico-vxlan-crosssubnet",
 )
 FRR_DAEMONS = set(frr.DAEMON_ORDER)
-HOLD_TIME = 9.0  # FRR datacenter timers (labctl.frr.BgpTimers)
+HOLD_TIME = 9.0  # FRR datacenter timers (labctl.bgp.BgpTimers)
 # The flags labctl.frr.start gives bgpd inside a node.
 BGPD_START = [
     str(frr.FRR_LIBDIR / "bgpd"),

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from labctl import frr
+from labctl import bgp, frr
 
 pytestmark = [
     pytest.mark.root,
@@ -91,7 +91,7 @@ class Lab:
     ips: list[str]
     daemons: dict[int, list[int]] = field(default_factory=dict)
 
-    def start(self, index: int, speaker: frr.BgpSpeaker) -> list[int]:
+    def start(self, index: int, speaker: bgp.BgpSpeaker) -> list[int]:
         pid = self.nodes[index].pid
         self.daemons[pid] = frr.start(pid, speaker)
         return self.daemons[pid]
@@ -159,9 +159,9 @@ def _wait_underlay(net: Lab, timeout: float = 10.0) -> None:
                     raise RuntimeError(f"{node.name} cannot reach {ip}")
 
 
-def _mesh(ips: list[str], **kwargs: object) -> dict[str, frr.BgpSpeaker]:
-    nodes = [frr.CalicoNode(f"n{i + 1}", ip, [BLOCKS[i]]) for i, ip in enumerate(ips)]
-    return frr.calico_speakers(nodes, **kwargs)  # type: ignore[arg-type]
+def _mesh(ips: list[str], **kwargs: object) -> dict[str, bgp.BgpSpeaker]:
+    nodes = [bgp.CalicoNode(f"n{i + 1}", ip, [BLOCKS[i]]) for i, ip in enumerate(ips)]
+    return bgp.calico_speakers(nodes, **kwargs)  # type: ignore[arg-type]
 
 
 def _others(i: int) -> list[str]:
@@ -273,11 +273,11 @@ def test_stop_leaves_nothing() -> None:
 def test_route_reflector() -> None:
     with lab() as net:
         nodes = [
-            frr.CalicoNode("n1", net.ips[0], [BLOCKS[0]], rr_cluster_id="1.0.0.1"),
-            frr.CalicoNode("n2", net.ips[1], [BLOCKS[1]]),
-            frr.CalicoNode("n3", net.ips[2], [BLOCKS[2]]),
+            bgp.CalicoNode("n1", net.ips[0], [BLOCKS[0]], rr_cluster_id="1.0.0.1"),
+            bgp.CalicoNode("n2", net.ips[1], [BLOCKS[1]]),
+            bgp.CalicoNode("n3", net.ips[2], [BLOCKS[2]]),
         ]
-        speakers = frr.calico_speakers(nodes)
+        speakers = bgp.calico_speakers(nodes)
         for i in range(3):
             net.start(i, speakers[f"n{i + 1}"])
         rr, c2, c3 = (n.pid for n in net.nodes)

@@ -17,8 +17,6 @@ from scapy.utils import wrpcap, wrpcapng
 from labctl.checker import (
     CaptureError,
     CaptureIndex,
-    Flow,
-    WireSpec,
     check_capture_for_mode,
     check_flow,
     check_flows,
@@ -28,6 +26,7 @@ from labctl.checker import (
     load_packets,
     summarize,
 )
+from labctl.wire import Flow, WireSpec
 
 POD_CIDR = "10.244.0.0/16"
 POD_A, POD_B, POD_C = "10.244.0.2", "10.244.1.2", "10.244.2.2"

@@ -9,38 +9,38 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from labctl import frr
+from labctl import bgp, frr
 
 needs_frr = pytest.mark.skipif(frr.frr_available() is not None, reason=str(frr.frr_available()))
 
 NODES = [
-    frr.CalicoNode("master", "10.0.0.31", ["10.65.0.0/26"]),
-    frr.CalicoNode("node1", "10.0.0.32", ["10.65.1.0/26"]),
-    frr.CalicoNode("node2", "10.0.1.9", ["10.65.2.0/26"]),
-    frr.CalicoNode("node3", "10.0.1.10", ["10.65.3.0/26"]),
+    bgp.CalicoNode("master", "10.0.0.31", ["10.65.0.0/26"]),
+    bgp.CalicoNode("node1", "10.0.0.32", ["10.65.1.0/26"]),
+    bgp.CalicoNode("node2", "10.0.1.9", ["10.65.2.0/26"]),
+    bgp.CalicoNode("node3", "10.0.1.10", ["10.65.3.0/26"]),
 ]
 
 
-def _lines(speaker: frr.BgpSpeaker) -> list[str]:
-    return [ln.strip() for ln in frr.render(speaker).splitlines()]
+def _lines(speaker: bgp.BgpSpeaker) -> list[str]:
+    return [ln.strip() for ln in bgp.render(speaker).splitlines()]
 
 
-def _mesh() -> dict[str, frr.BgpSpeaker]:
-    return frr.calico_speakers(NODES)
+def _mesh() -> dict[str, bgp.BgpSpeaker]:
+    return bgp.calico_speakers(NODES)
 
 
-def _rr() -> dict[str, frr.BgpSpeaker]:
+def _rr() -> dict[str, bgp.BgpSpeaker]:
     nodes = [NODES[0]._replace(rr_cluster_id="1.0.0.1"), *NODES[1:]]
-    return frr.calico_speakers(nodes)
+    return bgp.calico_speakers(nodes)
 
 
-def _router() -> frr.BgpSpeaker:
-    return frr.router_speaker("r1", "10.0.0.1", 65001, ["10.0.0.31", "10.0.0.32"])
+def _router() -> bgp.BgpSpeaker:
+    return bgp.router_speaker("r1", "10.0.0.1", 65001, ["10.0.0.31", "10.0.0.32"])
 
 
-def _static_router() -> frr.BgpSpeaker:
+def _static_router() -> bgp.BgpSpeaker:
     # model_validate: the shape a planner builds from topology YAML, strings and tuples.
-    return frr.BgpSpeaker.model_validate(
+    return bgp.BgpSpeaker.model_validate(
         {
             "name": "r2",
             "router_id": "10.0.1.1",
@@ -53,7 +53,7 @@ def test_full_mesh_has_every_other_node() -> None:
     speakers = _mesh()
     for me in NODES:
         speaker = speakers[me.name]
-        assert speaker.asn == frr.DEFAULT_ASN
+        assert speaker.asn == bgp.DEFAULT_ASN
         assert str(speaker.router_id) == me.ip
         assert sorted(str(n.ip) for n in speaker.neighbors) == sorted(
             str(n.ip) for n in NODES if n is not me
@@ -108,13 +108,13 @@ def test_calico_like_globals() -> None:
 
 def test_timers_are_configurable() -> None:
     speaker = _mesh()["master"].model_copy(
-        update={"timers": frr.BgpTimers(keepalive=1, hold=3, connect_retry=1)}
+        update={"timers": bgp.BgpTimers(keepalive=1, hold=3, connect_retry=1)}
     )
     lines = _lines(speaker)
     assert "timers bgp 1 3" in lines
     assert "neighbor 10.0.0.32 timers connect 1" in lines
     with pytest.raises(ValidationError):
-        frr.BgpTimers(keepalive=10, hold=5)
+        bgp.BgpTimers(keepalive=10, hold=5)
 
 
 def test_route_reflector_and_clients() -> None:
@@ -139,7 +139,7 @@ def test_reflectors_in_one_cluster_are_not_each_others_clients() -> None:
         NODES[2]._replace(rr_cluster_id="1.0.0.2"),
         NODES[3],
     ]
-    speakers = frr.calico_speakers(nodes)
+    speakers = bgp.calico_speakers(nodes)
     clients = {str(n.ip): n.rr_client for n in speakers["master"].neighbors}
     assert clients == {"10.0.0.32": False, "10.0.1.9": True, "10.0.1.10": True}
 
@@ -155,8 +155,8 @@ def test_router_peers_ebgp_with_nodes() -> None:
     # The kernel picks the source address on each segment.
     assert not any("update-source" in ln for ln in lines)
 
-    peer = frr.BgpNeighbor(ip=IPv4Address("10.0.0.1"), remote_asn=65001, description="r1")
-    speakers = frr.calico_speakers(NODES, external_peers={"master": [peer]})
+    peer = bgp.BgpNeighbor(ip=IPv4Address("10.0.0.1"), remote_asn=65001, description="r1")
+    speakers = bgp.calico_speakers(NODES, external_peers={"master": [peer]})
     master = _lines(speakers["master"])
     assert "neighbor 10.0.0.1 remote-as 65001" in master
     assert "neighbor 10.0.0.1 passive" not in master
@@ -164,7 +164,7 @@ def test_router_peers_ebgp_with_nodes() -> None:
 
 
 def test_install_routes_false_keeps_bgp_out_of_the_rib() -> None:
-    speaker = frr.calico_speakers(NODES, install_routes=False)["master"]
+    speaker = bgp.calico_speakers(NODES, install_routes=False)["master"]
     assert "bgp no-rib" in _lines(speaker)
 
 
@@ -182,11 +182,11 @@ def test_static_only_router() -> None:
 def test_inconsistent_speakers_are_rejected_before_frr() -> None:
     ebgp_client = {"ip": "10.0.0.2", "remote_asn": 65001, "rr_client": True}
     with pytest.raises(ValidationError, match="not iBGP"):
-        frr.BgpSpeaker.model_validate(
+        bgp.BgpSpeaker.model_validate(
             {"name": "x", "router_id": "10.0.0.1", "asn": 64512, "neighbors": [ebgp_client]}
         )
     with pytest.raises(ValidationError, match="no asn"):
-        frr.BgpSpeaker.model_validate(
+        bgp.BgpSpeaker.model_validate(
             {
                 "name": "x",
                 "router_id": "10.0.0.1",
@@ -194,7 +194,7 @@ def test_inconsistent_speakers_are_rejected_before_frr() -> None:
             }
         )
     with pytest.raises(ValidationError):
-        frr.BgpSpeaker.model_validate({"name": "two words", "router_id": "10.0.0.1"})
+        bgp.BgpSpeaker.model_validate({"name": "two words", "router_id": "10.0.0.1"})
 
 
 def test_node_path_resolves_symlinks_inside_the_node() -> None:
@@ -211,14 +211,14 @@ ALL_CONFIGS = {
     **{f"rr-{k}": v for k, v in _rr().items()},
     "router-ebgp": _router(),
     "router-static": _static_router(),
-    "no-install": frr.calico_speakers(NODES, install_routes=False)["node1"],
+    "no-install": bgp.calico_speakers(NODES, install_routes=False)["node1"],
 }
 
 
 @needs_frr
 @pytest.mark.parametrize("name", sorted(ALL_CONFIGS))
 def test_rendered_configs_pass_frr_dry_run(name: str) -> None:
-    checks = frr.check(frr.render(ALL_CONFIGS[name]))
+    checks = frr.check(bgp.render(ALL_CONFIGS[name]))
     assert checks[:1] == ("vtysh",) and "bgpd" in checks
     if os.geteuid() == 0:
         assert checks == ("vtysh", "zebra", "staticd", "bgpd")
@@ -226,7 +226,7 @@ def test_rendered_configs_pass_frr_dry_run(name: str) -> None:
 
 @needs_frr
 def test_syntax_error_raises_with_frr_message() -> None:
-    config = frr.render(_mesh()["master"]).replace("remote-as 64512", "remote-az 64512", 1)
+    config = bgp.render(_mesh()["master"]).replace("remote-as 64512", "remote-az 64512", 1)
     with pytest.raises(frr.FrrConfigError) as err:
         frr.check(config)
     message = str(err.value)
@@ -238,7 +238,7 @@ def test_syntax_error_raises_with_frr_message() -> None:
 @needs_frr
 def test_semantic_error_raises_with_bgpd_message() -> None:
     # Valid grammar, but a reflector client must be an iBGP peer: only bgpd knows.
-    config = frr.render(_router()).replace(
+    config = bgp.render(_router()).replace(
         "  neighbor 10.0.0.31 as-override", "  neighbor 10.0.0.31 route-reflector-client"
     )
     with pytest.raises(frr.FrrConfigError) as err:
@@ -253,4 +253,4 @@ def test_semantic_error_raises_with_bgpd_message() -> None:
 def test_router_id_is_an_address() -> None:
     assert _mesh()["master"].router_id == IPv4Address("10.0.0.31")
     with pytest.raises(ValidationError):
-        frr.BgpSpeaker.model_validate({"name": "x", "router_id": "not-an-ip"})
+        bgp.BgpSpeaker.model_validate({"name": "x", "router_id": "not-an-ip"})

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from labctl import frr, routing
+from labctl import bgp, frr, routing
 
 NODES = [
-    frr.CalicoNode("master", "10.0.0.31", ["10.65.0.0/26"]),
-    frr.CalicoNode("node1", "10.0.0.32", ["10.65.1.0/26"]),
-    frr.CalicoNode("node2", "10.0.0.33", ["10.65.2.0/26"]),
+    bgp.CalicoNode("master", "10.0.0.31", ["10.65.0.0/26"]),
+    bgp.CalicoNode("node1", "10.0.0.32", ["10.65.1.0/26"]),
+    bgp.CalicoNode("node2", "10.0.0.33", ["10.65.2.0/26"]),
 ]
 PIDS = {"master": 1, "node1": 2, "node2": 3, "r1": 4}
 ALL = {"10.65.0.0/26", "10.65.1.0/26", "10.65.2.0/26"}
@@ -31,21 +31,21 @@ def test_converged_mesh_returns_nothing_pending(monkeypatch: pytest.MonkeyPatch)
     # Each node has the two other blocks (its own is a static blackhole, not bgp).
     _fake_kernel(monkeypatch, {1: ALL - {"10.65.0.0/26"}, 2: ALL - {"10.65.1.0/26"},
                                3: ALL - {"10.65.2.0/26"}})  # fmt: skip
-    assert routing._wait_routes(frr.calico_speakers(NODES), PIDS, timeout=1) == set()
+    assert routing._wait_routes(bgp.calico_speakers(NODES), PIDS, timeout=1) == set()
 
 
 def test_a_missing_block_is_reported_after_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_kernel(monkeypatch, {1: ALL - {"10.65.0.0/26"}, 2: {"10.65.0.0/26"},
                                3: ALL - {"10.65.2.0/26"}})  # fmt: skip
-    assert routing._wait_routes(frr.calico_speakers(NODES), PIDS, timeout=0.1) == {"node1"}
+    assert routing._wait_routes(bgp.calico_speakers(NODES), PIDS, timeout=0.1) == {"node1"}
 
 
 def test_only_speakers_that_install_and_originate_are_waited_for(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     speakers = {
-        **frr.calico_speakers(NODES, install_routes=False),
-        "r1": frr.router_speaker("r1", "10.0.0.1", 65001, ["10.0.0.31"]),
+        **bgp.calico_speakers(NODES, install_routes=False),
+        "r1": bgp.router_speaker("r1", "10.0.0.1", 65001, ["10.0.0.31"]),
     }
     asked = _fake_kernel(monkeypatch, {pid: set() for pid in PIDS.values()})
     # No-rib nodes (ipip/vxlan modes) and routers (no blocks of their own): nothing to wait.

@@ -71,6 +71,8 @@ def test_shipped_topologies_are_the_expected_ones() -> None:
         "default",
         "leaf-spine",
         "leaf-spine-no-bgp",
+        "netpol-seed",
+        "netpol-xyz",
         "route-reflector",
         "two-node",
     ]
@@ -676,11 +678,13 @@ def test_missing_file_lists_shipped(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     assert load_error(missing) == (
         f"{missing}: no such topology file; shipped topologies: "
-        "cross-subnet, default, leaf-spine, leaf-spine-no-bgp, route-reflector, two-node"
+        "cross-subnet, default, leaf-spine, leaf-spine-no-bgp, netpol-seed, netpol-xyz, "
+        "route-reflector, two-node"
     )
     assert load_error("defualt") == (
         "defualt: no such topology file; shipped topologies: "
-        "cross-subnet, default, leaf-spine, leaf-spine-no-bgp, route-reflector, two-node"
+        "cross-subnet, default, leaf-spine, leaf-spine-no-bgp, netpol-seed, netpol-xyz, "
+        "route-reflector, two-node"
     )
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from labctl import probe
-from labctl.checker import CheckResult, Flow
 from labctl.probe import Result
 from labctl.topology import load_topology
 from labctl.verify import _merge, connectivity_checks, neighbour_check
+from labctl.wire import CheckResult, Flow
 
 
 def test_connectivity_groups_by_node_pair_and_names_the_reason() -> None:
@@ -22,11 +22,25 @@ def test_connectivity_groups_by_node_pair_and_names_the_reason() -> None:
     warnings = [
         "node1: error adding route 10.244.2.0/24 via 10.0.1.33 dev eth0: Network is unreachable"
     ]
-    checks = {c.name: c for c in connectivity_checks(results, topo, warnings)}
+    pod_node = {p.key: p.node for p in topo.pods}
+    checks = {c.name: c for c in connectivity_checks(results, topo, warnings, pod_node)}
     assert checks["connectivity node1 -> node2"].passed
     bad = checks["connectivity node1 -> node3"]
     assert not bad.passed
-    assert "0/1 pod pairs answered" in bad.detail and "Network is unreachable" in bad.detail
+    assert "0/1 pod pairs as expected" in bad.detail and "Network is unreachable" in bad.detail
+
+
+def test_connectivity_follows_the_policy_expectation() -> None:
+    topo = load_topology("cross-subnet")
+    pod_node = {p.key: p.node for p in topo.pods}
+    blocked = Result("default/web-1", "default/web-2", False, "timeout (no tcp answer)")
+    answered = Result("default/web-1", "default/web-2", True, "ok")
+    want_blocked = {("default/web-1", "default/web-2"): False}
+    (ok,) = connectivity_checks([blocked], topo, [], pod_node, want_blocked)
+    assert ok.passed and "1 blocked by NetworkPolicy as expected" in ok.detail
+    # A pair that answers although a policy blocks it is a failure (enforcement missing).
+    (leak,) = connectivity_checks([answered], topo, [], pod_node, want_blocked)
+    assert not leak.passed and "answered although NetworkPolicy blocks it" in leak.detail
 
 
 def _flow() -> Flow:

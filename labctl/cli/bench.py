@@ -1,0 +1,92 @@
+"""Measuring: bench."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from labctl import lifecycle, state
+from labctl.cli.common import OUTPUT, emit_json, guarded, out
+from labctl.modes import get_mode
+from labctl.state import LabError
+
+
+@click.command()
+@click.option(
+    "--modes",
+    "modes_",
+    default="flannel-vxlan,flannel-host-gw",
+    show_default=True,
+    help="Comma-separated modes to measure.",
+)
+@click.option(
+    "--nodes",
+    type=click.IntRange(2, 200),
+    default=20,
+    show_default=True,
+    help="Nodes in the generated large topology.",
+)
+@click.option("--pods-per-node", type=click.IntRange(1, 200), default=10, show_default=True)
+@click.option(
+    "--iperf",
+    type=click.IntRange(1, 120),
+    default=None,
+    metavar="SECONDS",
+    help="Instead: iperf3 pod to pod for SECONDS in each mode (two-node.yaml).",
+)
+@OUTPUT
+@guarded
+def bench(modes_: str, nodes: int, pods_per_node: int, iperf: int | None, output: str) -> None:
+    """Measure up, verify and down on the default topology and a generated large one;
+    with --iperf, pod-to-pod throughput per mode instead."""
+    from labctl import bench as bench_mod
+
+    lifecycle.check_environment()
+    names = [get_mode(m.strip()).name for m in modes_.split(",") if m.strip()]
+    if "bench" in state.list_labs():
+        raise LabError("a lab named 'bench' is up; 'labctl down -n bench' first")
+    if iperf is not None:
+        rows = [bench_mod.throughput(m, iperf) for m in names]
+        base = next((r["gbps"] for r in rows if r["mode"] == "flannel-vxlan"), None)
+        for r in rows:
+            r["vsVxlan"] = round(r["gbps"] / base, 3) if base else None
+        if output == "json":
+            emit_json(rows)
+            return
+        t = Table("mode", "datapath", "Gbit/s", "vs flannel-vxlan", title="iperf3 pod to pod")
+        for r in rows:
+            t.add_row(r["mode"], r["datapath"], str(r["gbps"]), str(r["vsVxlan"] or "-"))
+        out.print(t)
+        return
+    if output == "json":
+        rows = bench_mod.run(names, (nodes, pods_per_node), lambda _: None)
+        emit_json(rows)
+        return
+    with out.status("benchmarking") as status:
+        rows = bench_mod.run(names, (nodes, pods_per_node), lambda p: status.update(p))
+    t = Table(title="labctl bench (seconds)")
+    for col in (
+        "mode",
+        "topology",
+        "nodes",
+        "pods",
+        "pod pairs",
+        "up",
+        "verify",
+        "down",
+        "verified",
+    ):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(
+            r["mode"],
+            r["topology"],
+            str(r["nodes"]),
+            str(r["pods"]),
+            str(r.get("pairs", "-")),
+            str(r.get("up", "-")),
+            str(r.get("verify", "-")),
+            str(r["down"]),
+            "yes" if r.get("passed") else "[red]no[/red]",
+        )
+    out.print(t)

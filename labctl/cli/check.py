@@ -1,0 +1,164 @@
+"""Proving what the dataplane does: verify and probe."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from labctl import lifecycle, state, store
+from labctl.cli.common import NAME, OUTPUT, emit_json, guarded, out
+from labctl.modes import get_mode
+from labctl.state import LabError
+
+
+@click.command()
+@NAME
+@OUTPUT
+@click.option(
+    "--pcap",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Check this capture (e.g. from a real cluster) instead of a lab.",
+)
+@click.option("--mode", "pcap_mode", help="With --pcap: the mode the capture should show.")
+@click.option(
+    "--pod-cidr",
+    default="10.244.0.0/16",
+    show_default=True,
+    help="With --pcap: the cluster's pod CIDR.",
+)
+@click.option("--no-mtu", is_flag=True, help="Skip the MTU checks.")
+@guarded
+def verify(
+    lab: str | None,
+    output: str,
+    pcap: Path | None,
+    pcap_mode: str | None,
+    pod_cidr: str,
+    no_mtu: bool,
+) -> None:
+    """Probe every pod pair, capture the underlay and check the wire against the mode."""
+    from labctl import verify as verify_mod
+
+    if pcap is not None:
+        if not pcap_mode:
+            raise LabError("--pcap needs --mode MODE (see 'labctl modes')")
+        report = verify_mod.verify_pcap(pcap, get_mode(pcap_mode).name, pod_cidr)
+    else:
+        lifecycle.check_environment()
+        name = state.resolve(lab)
+        with out.status(f"verifying {name}") if output != "json" else nullcontext():
+            report = verify_mod.verify(name, with_mtu=not no_mtu)
+    if output == "json":
+        emit_json(report.to_dict())
+    else:
+        t = Table(title=f"verify {report.lab} ({report.mode})")
+        t.add_column("check")
+        t.add_column("result")
+        t.add_column("detail", overflow="fold")
+        for c in report.checks:
+            t.add_row(c.name, "[green]pass[/green]" if c.passed else "[red]FAIL[/red]", c.detail)
+        out.print(t)
+        for n in report.notes:
+            out.print(f"[cyan]note:[/cyan] {n}", highlight=False)
+        failed = sum(not c.passed for c in report.checks)
+        verdict = (
+            "[green]passed[/green]" if report.passed else f"[red]failed[/red] ({failed} checks)"
+        )
+        pcaps = sorted({c.pcap for c in report.checks if c.pcap})
+        out.print(f"verify {verdict} in {report.seconds:.2f}s; pcaps: {', '.join(pcaps) or '-'}")
+    sys.exit(0 if report.passed else 1)
+
+
+@click.command()
+@NAME
+@OUTPUT
+@click.option("--protocol", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port to probe (default: each pod's first port of that protocol).",
+)
+@guarded
+def probe(lab: str | None, output: str, protocol: str, port: int | None) -> None:
+    """Probe every pod from every pod, in parallel; print the truth table (rows: sources,
+    columns: destinations, '.' reachable, 'X' blocked) and compare it with what Kubernetes
+    NetworkPolicy semantics say the mode should show. Exit 1 on any difference."""
+    from labctl.policy.checks import blocked_by_kubernetes, expected
+    from labctl.probe import default_port
+    from labctl.probe import probe as run_probe
+
+    lifecycle.check_environment()
+    st = state.load(state.resolve(lab))
+    objects = store.load(st.lab)
+    enforced = get_mode(st.mode).enforces_policy
+    expect = expected(objects, enforced, protocol, port)
+    pods = list(objects.pods.values())
+    pids = {k: r.pid for k, r in st.namespaces.items()}
+    # A policy drop gives no answer: with blocked pairs expected, give up after 1 s, not 2.
+    timeout = 2.0 if all(expect.values()) else 1.0
+    started = time.monotonic()
+    results = run_probe(pods, pids, protocol, port, timeout=timeout, expect=expect)
+    took = time.monotonic() - started
+    matrix: dict[str, dict[str, bool]] = {p.key: {} for p in pods}
+    for r in results:
+        matrix[r.src][r.dst] = r.ok
+    wrong = [r for r in results if r.ok != expect[(r.src, r.dst)]]
+    would_block = 0 if enforced else blocked_by_kubernetes(objects, protocol, port)
+    if output == "json":
+        emit_json(
+            {
+                "protocol": protocol,
+                "port": port or (default_port(pods[0], protocol) if pods else None),
+                "matrix": matrix,
+                "expected": {
+                    p.key: {q.key: expect[(p.key, q.key)] for q in pods if q.key != p.key}
+                    for p in pods
+                },
+                "enforcesPolicy": enforced,
+                "seconds": round(took, 3),
+                "mismatches": [
+                    {"src": r.src, "dst": r.dst, "observed": r.ok, "detail": r.detail}
+                    for r in wrong
+                ],
+            }
+        )
+        sys.exit(1 if wrong else 0)
+    keys = [p.key for p in pods]
+    t = Table(
+        title=f"{protocol.upper()} probe {st.lab} ({st.mode}): rows from, columns to; "
+        ". reachable, X blocked, ! differs from Kubernetes' answer",
+        title_justify="left",
+    )
+    t.add_column("")
+    for k in keys:
+        t.add_column(k, justify="center")
+    for src in keys:
+        cells = []
+        for dst in keys:
+            if src == dst:
+                cells.append("-")
+                continue
+            seen = "." if matrix[src][dst] else "X"
+            cells.append(seen if matrix[src][dst] == expect[(src, dst)] else f"[red]{seen}![/red]")
+        t.add_row(src, *cells)
+    out.print(t)
+    for r in wrong:
+        want = "reachable" if expect[(r.src, r.dst)] else "blocked"
+        out.print(
+            f"  [red]![/red] {r.src} -> {r.dst}: expected {want}, got {r.detail}", highlight=False
+        )
+    if would_block:
+        out.print(
+            f"[yellow]note:[/yellow] {st.mode} does not enforce NetworkPolicy: Kubernetes would "
+            f"block {would_block} of these {len(results)} pairs",
+            highlight=False,
+        )
+    verdict = "[green]as expected[/green]" if not wrong else f"[red]{len(wrong)} differ[/red]"
+    out.print(f"{len(results)} pairs in {took:.2f}s, {verdict}")
+    sys.exit(1 if wrong else 0)

@@ -1,0 +1,1 @@
+"""Kubernetes API objects as labctl reads them: metadata, label selectors and manifests."""
