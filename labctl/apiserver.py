@@ -20,6 +20,7 @@ from labctl.modes import get_mode
 from labctl.policy import apply as policy_apply
 from labctl.policy.model import NetworkPolicy
 from labctl.store import NAME_LABEL, Store
+from labctl.topology import Topology
 
 NOT_ENFORCED = (
     "{mode} does not enforce NetworkPolicy (Flannel has no policy agent): the policy is "
@@ -167,6 +168,16 @@ def label(
         if changed:
             objects.bump()
             _commit(lab, objects, outcome)
+    return outcome
+
+
+def reset(lab: str, topo: Topology) -> Outcome:
+    """Back to the objects `up` created: topology labels, no policies (tests, exercises)."""
+    outcome = Outcome()
+    fresh = store.from_topology(topo, get_mode(state.load(lab).mode).network)
+    with store.locked(lab) as objects:
+        fresh.resourceVersion = objects.resourceVersion + 1
+        _commit(lab, fresh, outcome)
     return outcome
 
 

@@ -141,7 +141,7 @@ def save(lab: str, store: Store) -> None:
     """Write atomically, so a reader never sees half a file."""
     path = _path(lab)
     tmp = path.with_name(f".{STORE_FILE}.{os.getpid()}")
-    tmp.write_text(store.model_dump_json(indent=1, by_alias=True))
+    tmp.write_text(store.model_dump_json(indent=1, by_alias=True, exclude_none=True))
     os.replace(tmp, path)
 
 

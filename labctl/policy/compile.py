@@ -59,8 +59,8 @@ TO_DISPATCH = "filter-cali-to-wl-dispatch"
 IFACE_PREFIX = "cali"
 # The kernel's NFT_CHAIN_MAXNAMELEN is 256 bytes including the NUL.
 MAX_NAME = 255
-# nft's scanner takes these as one bare identifier ({letter}|[_.])({letter}|{digit}|[/-_.])*);
-# Kubernetes names (DNS subdomains/labels) always fit, anything else gets hashed.
+# What nft's scanner reads as one bare name: ({letter}|[_.])({letter}|{digit}|[/\-_.])*.
+# Kubernetes names (DNS subdomains and labels) always fit; anything else gets hashed.
 _NFT_IDENT = re.compile(r"[A-Za-z_.][A-Za-z0-9/_.-]*\Z")
 # Felix's pod interfaces: `cali` + 11 hex digits; Linux caps names at 15 characters.
 _IFACE = re.compile(IFACE_PREFIX + r"[A-Za-z0-9_.-]{1,11}\Z")
@@ -136,7 +136,7 @@ class _Sets:
 
 
 def _quote(text: str) -> str:
-    # nft strings cannot escape a double quote; comments are informational, so drop it.
+    # nft strings cannot escape a double quote; comments are informational, so swap it.
     return '"' + text.replace('"', "'")[:_MAX_COMMENT] + '"'
 
 
@@ -472,12 +472,9 @@ def compile_node(
     ]
     plumbing = [
         Chain(
-            FROM_DISPATCH,
-            (Rule(f"iifname vmap @{FROM_DISPATCH}"), Rule("drop", "Unknown interface")),
-        ),
-        Chain(
-            TO_DISPATCH,
-            (Rule(f"oifname vmap @{TO_DISPATCH}"), Rule("drop", "Unknown interface")),
+            FORWARD,
+            (Rule(f"jump {CALI_FORWARD}"),),
+            hook="type filter hook forward priority filter; policy accept;",
         ),
         Chain(
             CALI_FORWARD,
@@ -488,13 +485,16 @@ def compile_node(
             ),
         ),
         Chain(
-            FORWARD,
-            (Rule(f"jump {CALI_FORWARD}"),),
-            hook="type filter hook forward priority filter; policy accept;",
+            FROM_DISPATCH,
+            (Rule(f"iifname vmap @{FROM_DISPATCH}"), Rule("drop", "Unknown interface")),
+        ),
+        Chain(
+            TO_DISPATCH,
+            (Rule(f"oifname vmap @{TO_DISPATCH}"), Rule("drop", "Unknown interface")),
         ),
     ]
-    # Declared callee first, so every jump and goto names a chain nft has already seen.
-    chains = [*profiles, *policy_chains, *endpoints, *plumbing]
+    # In packet order, as a student follows it (nft resolves forward references in one file).
+    chains = [*plumbing, *endpoints, *policy_chains, *profiles]
     text = render(
         TEMPLATE,
         node=node,

@@ -31,10 +31,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def labctl(
-    *args: str, check: bool | int = True, timeout: float = 180
+    *args: str, check: bool | int = True, timeout: float = 180, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the real CLI; `check` may be the exit code expected."""
-    proc = subprocess.run([LABCTL, *args], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [LABCTL, *args], capture_output=True, text=True, timeout=timeout, input=stdin
+    )
     want = 0 if check is True else check
     if check is not False and proc.returncode != want:
         raise AssertionError(

@@ -1,6 +1,6 @@
 """The compiled policy tables in a real kernel (root): syntax, atomic reload, teardown, traffic.
 
-Every test works in fresh scratch namespaces named ``labctl-nftcheck-<random>`` that are deleted
+Every test works in fresh scratch namespaces named ``lctest-nft-<random>`` that are deleted
 in the fixture's ``finally``; nothing runs nft in the host's own namespace.
 
 * ``nft -c -f`` accepts each ruleset (empty sets, named ports, ipBlock except, long names,
@@ -36,7 +36,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed"),
 ]
 
-PREFIX = "labctl-nftcheck-"
+PREFIX = "lctest-nft-"
 
 
 def run(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:

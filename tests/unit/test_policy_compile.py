@@ -248,13 +248,18 @@ def test_pod_without_interface_is_not_dispatched() -> None:
     assert len(rs.endpoints) == 3 and "" not in rs.endpoints
 
 
-def test_chain_order_declares_callees_first() -> None:
+def test_chains_are_declared_in_packet_order() -> None:
     rs, _ = compiled("n1", [policy("deny")])
     order = {name: i for i, name in enumerate(rs.chains)}
     pod = pod_of("x/a")
-    assert order["filter-cali-pi-_knp.x.deny"] < order[f"filter-cali-tw-{pod.iface}"]
-    assert order[f"filter-cali-tw-{pod.iface}"] < order["filter-cali-to-wl-dispatch"]
-    assert rs.chains[-2:] == ("filter-cali-FORWARD", "filter-FORWARD")
+    assert rs.chains[:4] == (
+        "filter-FORWARD",
+        "filter-cali-FORWARD",
+        "filter-cali-from-wl-dispatch",
+        "filter-cali-to-wl-dispatch",
+    )
+    assert order[f"filter-cali-tw-{pod.iface}"] < order["filter-cali-pi-_knp.x.deny"]
+    assert order["filter-cali-pi-_knp.x.deny"] < order["filter-cali-pro-kns.x"]
 
 
 # --- isolation ------------------------------------------------------------------------------
