@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
-from labctl import lifecycle
+from labctl import apiserver, lifecycle, store
 from labctl.features import resolve_datapath
+from labctl.k8s.manifests import Document, parse_objects
 from labctl.modes import get_mode
 from labctl.nsutil import nsenter_argv
+from labctl.policy import checks as policy_checks
+from labctl.probe import probe
 from labctl.state import LAB_ENV
 from labctl.topology import load_topology, resolve_path
 from labctl.verify import verify
@@ -128,3 +132,76 @@ def run(
                 progress(f"{mode} on {topo.stem}")
                 rows.append(measure(mode, topo, "bench"))
     return rows
+
+
+DENY_ALL_X = {
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
+    "metadata": {"name": "deny-all", "namespace": "x"},
+    "spec": {"podSelector": {}},
+}
+
+
+def _policies(count: int) -> list[BaseModel]:
+    """`count` NetworkPolicies over the large topology's pods: each isolates the pods of one
+    app label and lets one other app reach port 80 (rules, not pod pairs, grow with count)."""
+    docs = [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": f"bench-{i}", "namespace": "default"},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": f"app{i % 3}"}},
+                "ingress": [
+                    {
+                        "from": [{"podSelector": {"matchLabels": {"app": f"app{(i + 1) % 3}"}}}],
+                        "ports": [{"port": 80 + i}],
+                    }
+                ],
+            },
+        }
+        for i in range(count)
+    ]
+    return parse_objects([Document("<bench>", i, d) for i, d in enumerate(docs, 1)])
+
+
+def policy(mode: str, large: tuple[int, int], progress: Callable[[str], None]) -> dict[str, Any]:
+    """NetworkPolicy figures in `mode`: apply-to-enforced and the 9x9 TCP probe on
+    netpol-xyz; then, on the large topology, apply time and rule count for 1 and 100
+    policies."""
+    (deny,) = parse_objects([Document("<bench>", 1, {**DENY_ALL_X})])
+    row: dict[str, Any] = {"mode": mode}
+    xyz = resolve_path("netpol-xyz")
+    try:
+        progress(f"{mode}: netpol-xyz")
+        st = lifecycle.up("bench", get_mode(mode), xyz, load_topology(xyz), lambda _: None)
+        pids = {k: r.pid for k, r in st.namespaces.items()}
+        pods = list(store.load("bench").pods.values())
+        t0 = time.monotonic()
+        probe(pods, pids, "tcp")
+        row["probeOpen"] = round(time.monotonic() - t0, 3)
+        done = apiserver.apply("bench", [deny])
+        row["applyToEnforced"] = done.enforced_seconds
+        expect = policy_checks.expected(store.load("bench"), True, "tcp", None)
+        t0 = time.monotonic()
+        probe(pods, pids, "tcp", timeout=1.0, expect=expect)
+        row["probeWithPolicy"] = round(time.monotonic() - t0, 3)
+    finally:
+        lifecycle.down("bench")
+    with tempfile.TemporaryDirectory() as tmp:
+        big = Path(tmp) / "large.yaml"
+        big.write_text(yaml.safe_dump(large_topology(*large)))
+        topo = load_topology(big)
+        row["pods"] = len(topo.pods)
+        try:
+            progress(f"{mode}: {len(topo.nodes)} nodes, {len(topo.pods)} pods")
+            lifecycle.up("bench", get_mode(mode), big, topo, lambda _: None)
+            for count in (1, 100):
+                apiserver.reset("bench", topo)
+                t0 = time.monotonic()
+                done = apiserver.apply("bench", _policies(count))
+                row[f"apply{count}"] = round(time.monotonic() - t0, 3)
+                row[f"rules{count}"] = done.rules
+        finally:
+            lifecycle.down("bench")
+    return row

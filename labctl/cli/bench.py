@@ -34,9 +34,17 @@ from labctl.state import LabError
     metavar="SECONDS",
     help="Instead: iperf3 pod to pod for SECONDS in each mode (two-node.yaml).",
 )
+@click.option(
+    "--policy",
+    is_flag=True,
+    help="Instead: NetworkPolicy figures (apply to enforced, 9x9 probe, 100 policies) per "
+    "enforcing mode.",
+)
 @OUTPUT
 @guarded
-def bench(modes_: str, nodes: int, pods_per_node: int, iperf: int | None, output: str) -> None:
+def bench(
+    modes_: str, nodes: int, pods_per_node: int, iperf: int | None, policy: bool, output: str
+) -> None:
     """Measure up, verify and down on the default topology and a generated large one;
     with --iperf, pod-to-pod throughput per mode instead."""
     from labctl import bench as bench_mod
@@ -45,6 +53,26 @@ def bench(modes_: str, nodes: int, pods_per_node: int, iperf: int | None, output
     names = [get_mode(m.strip()).name for m in modes_.split(",") if m.strip()]
     if "bench" in state.list_labs():
         raise LabError("a lab named 'bench' is up; 'labctl down -n bench' first")
+    if policy:
+        enforcing = [m for m in names if get_mode(m).enforces_policy]
+        if not enforcing:
+            raise LabError("--policy needs modes that enforce NetworkPolicy, e.g. calico-bgp,canal")
+        with out.status("benchmarking NetworkPolicy") as status:
+            prows = [
+                bench_mod.policy(m, (nodes, pods_per_node), lambda p: status.update(p))
+                for m in enforcing
+            ]
+        if output == "json":
+            emit_json(prows)
+            return
+        t = Table(title="labctl bench --policy (seconds)")
+        cols = ("mode", "probeOpen", "applyToEnforced", "probeWithPolicy", "pods")
+        for col in (*cols, "apply1", "rules1", "apply100", "rules100"):
+            t.add_column(col)
+        for r in prows:
+            t.add_row(*(str(r[c]) for c in (*cols, "apply1", "rules1", "apply100", "rules100")))
+        out.print(t)
+        return
     if iperf is not None:
         rows = [bench_mod.throughput(m, iperf) for m in names]
         base = next((r["gbps"] for r in rows if r["mode"] == "flannel-vxlan"), None)
