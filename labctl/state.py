@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic
 from pydantic import TypeAdapter
 
 from labctl.plan import Plan
@@ -133,6 +134,11 @@ def read_plan(lab: str) -> Plan:
         return _PLAN.validate_json((lab_dir(lab) / PLAN_FILE).read_bytes())
     except FileNotFoundError:
         raise LabError(f"lab {lab!r} has no recorded plan; is it up? (labctl status)") from None
+    except pydantic.ValidationError as e:
+        raise LabError(
+            f"lab {lab!r}: its recorded plan is unreadable ({e.error_count()} error(s)); "
+            f"'labctl down -n {lab}' and up again"
+        ) from None
 
 
 def list_labs() -> list[str]:

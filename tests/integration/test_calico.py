@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from labctl import frr, state
+from labctl.checks import run as run_checks
 from labctl.lifecycle import _lab_pids
 from labctl.modes import get_mode
 from labctl.modes.calico import ipam_block
@@ -238,9 +239,8 @@ def test_withdraw_and_recover(lab: list[str]) -> None:
     assert ping_node1_pod() != 0
     # The mode's own checks, as verify runs them (without verify's probes, which would only
     # wait out their timeouts towards node1's pods).
-    checks = get_mode("calico-bgp").checks
-    assert checks is not None
-    results = checks(topo, get_mode("calico-bgp").plan(topo), pids)
+    mode = get_mode("calico-bgp")
+    results = run_checks(mode.checks, topo, mode.plan(topo), pids)
     bad = {c.name: c.detail for c in results if not c.passed}
     assert "does not answer" in bad["bgp sessions node1"]
     # master sees its session to node1 down (Idle, Active or Connect, depending on timing).

@@ -246,16 +246,27 @@ def test_segment_mtu_sets_the_pod_mtu(lab: list[str], tmp_path: Path) -> None:
     assert mtu["detail"].startswith("8950-byte DF packet passed, 8951-byte was refused")
 
 
-def test_up_failing_half_way_removes_what_it_built(tmp_path: Path) -> None:
-    """The supervisor fails after the lab's namespace exists (here: its topology copy is
-    unreadable); up reports the error and leaves nothing behind."""
+def test_up_failing_half_way_removes_what_it_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor fails after the lab's namespace exists (here: the plan it reads is
+    corrupt); up reports the error and leaves nothing behind."""
     from labctl import lifecycle
+    from labctl.modes import get_mode
     from labctl.state import LabError
+    from labctl.topology import TOPOLOGY_DIR, load_topology
 
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("name: [unclosed\n")
-    with pytest.raises(LabError, match="not valid YAML"):
-        lifecycle.up("halfway", "flannel-vxlan", bad, "bad", lambda _: None)
+    def corrupt(lab: str, plan: object) -> None:
+        (state.lab_dir(lab) / state.PLAN_FILE).write_text("{")
+
+    monkeypatch.setattr(state, "write_plan", corrupt)
+    topo_file = TOPOLOGY_DIR / "default.yaml"
+    with pytest.raises(LabError, match="recorded plan is unreadable"):
+        lifecycle.up(
+            "halfway",
+            get_mode("flannel-vxlan"),
+            topo_file,
+            load_topology("default"),
+            lambda _: None,
+        )
     assert_gone("halfway")
 
 
