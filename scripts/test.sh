@@ -8,7 +8,7 @@ bash scripts/install.sh
 venv="$repo/.venv/bin"
 "$venv/ruff" check labctl tests benchmarks
 "$venv/ruff" format --check labctl tests benchmarks
-"$venv/mypy" labctl
+"$venv/mypy" labctl tests
 # Any leftover from an earlier crashed run would make tests collide; remove it first.
 "$venv/labctl" down --all >/dev/null
 "$venv/pytest" -q -p no:cacheprovider "$@" tests

@@ -6,15 +6,15 @@ import pytest
 
 from labctl.features import BadDatapath, MissingFeature, resolve_datapath
 from labctl.modes import get_mode
-from labctl.topology import load_topology
+from labctl.topology import Topology, load_topology
 
 
 @pytest.fixture(scope="module")
-def topo():  # type: ignore[no-untyped-def]
+def topo() -> Topology:
     return load_topology("default")
 
 
-def test_udp_plan_matches_flanneld(topo) -> None:  # type: ignore[no-untyped-def]
+def test_udp_plan_matches_flanneld(topo: Topology) -> None:
     plan = get_mode("flannel-udp").plan(topo)
     node = plan.namespaces["node1"]
     tun = next(link for link in node.links if link.name == "flannel0")
@@ -36,7 +36,7 @@ def test_udp_plan_matches_flanneld(topo) -> None:  # type: ignore[no-untyped-def
 
 
 @pytest.mark.parametrize(("datapath", "kind"), [("kernel", "ipip"), ("userspace", "tun")])
-def test_ipip_plan_both_datapaths(topo, datapath: str, kind: str) -> None:  # type: ignore[no-untyped-def]
+def test_ipip_plan_both_datapaths(topo: Topology, datapath: str, kind: str) -> None:
     plan = get_mode("flannel-ipip").plan(topo, datapath)
     node = plan.namespaces["master"]
     dev = next(link for link in node.links if link.name == "flannel.ipip")
