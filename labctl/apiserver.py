@@ -1,9 +1,10 @@
-"""What the Kubernetes API server and the node agents do for `apply`, `delete` and `label`:
-validate against the lab's live objects, change the store, and (where the mode's policy part
-enforces NetworkPolicy) recompile and program every node before the change is recorded.
+"""What the Kubernetes API server, its controllers and the node agents do for `apply`,
+`delete`, `label` and `scale`: validate against the lab's live objects, change the store,
+then make the nodes follow: the kubelets add and remove pod namespaces (CNI ADD/DEL), and
+where the mode's policy part enforces NetworkPolicy every node's rules are recompiled.
 
-All or nothing: an invalid object, an unknown namespace or a ruleset nft refuses leaves the
-store and the nodes as they were.
+All or nothing: an invalid object, an unknown namespace, a pod that cannot be wired or a
+ruleset nft refuses leaves the store and the nodes as they were.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from labctl import state, store
+from labctl import control, state, store
 from labctl.k8s.meta import parse_label_args
-from labctl.modes import get_mode
+from labctl.modes import Mode, get_mode
 from labctl.policy import apply as policy_apply
 from labctl.policy.model import NetworkPolicy
 from labctl.store import NAME_LABEL, Store
-from labctl.topology import Topology
+from labctl.topology import Topology, load_topology
+from labctl.workloads import controller
+from labctl.workloads.model import Deployment, Pod
+from labctl.workloads.schedule import SchedulingError
 
 NOT_ENFORCED = (
     "{mode} does not enforce NetworkPolicy (Flannel has no policy agent): the policy is "
@@ -31,6 +35,12 @@ RESOURCES = {
     "networkpolicies": "networkpolicies",
     "networkpolicy": "networkpolicies",
     "netpol": "networkpolicies",
+    "pods": "pods",
+    "pod": "pods",
+    "po": "pods",
+    "deployments": "deployments",
+    "deployment": "deployments",
+    "deploy": "deployments",
 }
 
 
@@ -49,16 +59,41 @@ class Outcome:
     #: Seconds from the start of programming to enforced on every node (enforcing modes).
     enforced_seconds: float | None = None
     rules: int | None = None
+    #: Seconds the kubelets took to add and remove pods (CNI ADD/DEL), when pods changed.
+    pods_seconds: float | None = None
+
+
+@dataclass
+class _Request:
+    """One request's view of the lab: its mode and topology, for scheduling and IPAM."""
+
+    lab: str
+    mode: Mode
+    topo: Topology
+
+    @classmethod
+    def of(cls, lab: str) -> _Request:
+        st = state.load(lab)
+        return cls(lab, get_mode(st.mode), load_topology(st.topology))
+
+
+#: Per kind: the resource (store attribute and `get` name) and kubectl's group suffix.
+_KINDS: dict[type[BaseModel], tuple[str, str]] = {
+    NetworkPolicy: ("networkpolicies", "networkpolicy.networking.k8s.io"),
+    Pod: ("pods", "pod"),
+    Deployment: ("deployments", "deployment.apps"),
+}
 
 
 def _kind_name(obj: BaseModel) -> str:
-    assert isinstance(obj, NetworkPolicy)
-    return f"networkpolicy.networking.k8s.io/{obj.metadata.name}"
+    return f"{_KINDS[type(obj)][1]}/{obj.metadata.name}"  # type: ignore[attr-defined]
 
 
-def _commit(lab: str, objects: Store, outcome: Outcome) -> None:
-    """Program the nodes from the changed store (enforcing modes), then record it."""
-    st = state.load(lab)
+def _program(lab: str, objects: Store, outcome: Outcome, pods_changed: bool) -> None:
+    """Make the nodes follow `objects` (already saved): pods first, then policy."""
+    if pods_changed:
+        outcome.pods_seconds = control.request(lab, "sync")["seconds"]
+    st = state.load(lab)  # after the sync: new pods' namespaces are in it
     mode = get_mode(st.mode)
     if mode.enforces_policy:
         pids = {name: rec.pid for name, rec in st.namespaces.items()}
@@ -67,57 +102,131 @@ def _commit(lab: str, objects: Store, outcome: Outcome) -> None:
         outcome.enforced_seconds, outcome.rules = result.seconds, result.rules
     elif objects.networkpolicies:
         outcome.warnings.append(NOT_ENFORCED.format(mode=mode.name))
+
+
+def _commit(lab: str, before: Store, objects: Store, outcome: Outcome) -> None:
+    """Record the changed store and program the nodes; on any failure put back `before` (the
+    store, the pods and the rules) and re-raise."""
+    pods_changed = set(before.pods) != set(objects.pods)
     store.save(lab, objects)
+    try:
+        _program(lab, objects, outcome, pods_changed)
+    except BaseException:
+        store.save(lab, before)
+        try:
+            _program(lab, before, Outcome(), pods_changed)
+        except Exception as e:  # the first error is the one to report
+            outcome.warnings.append(f"restoring the previous state failed too: {e}")
+        raise
 
 
-def _check_namespace(objects: Store, obj: NetworkPolicy) -> None:
-    ns = obj.metadata.namespace
+def _check_namespace(objects: Store, obj: BaseModel) -> None:
+    ns = obj.metadata.namespace  # type: ignore[attr-defined]
     if ns not in objects.namespaces:
         raise ObjectError(
-            f"NetworkPolicy {obj.key}: metadata.namespace: namespace {ns!r} does not exist in "
-            f"this lab; use one of {', '.join(sorted(objects.namespaces))}"
+            f"{type(obj).__name__} {obj.key}: metadata.namespace: namespace {ns!r} does not "  # type: ignore[attr-defined]
+            f"exist in this lab; use one of {', '.join(sorted(objects.namespaces))}"
         )
+
+
+def _apply_one(req: _Request, objects: Store, obj: BaseModel) -> str:
+    if isinstance(obj, NetworkPolicy):
+        old = objects.networkpolicies.get(obj.key)
+        if old is not None and old.spec == obj.spec and old.metadata.labels == obj.metadata.labels:
+            return f"{_kind_name(obj)} unchanged"
+        objects.networkpolicies[obj.key] = store.stamp(obj, old, objects.bump())
+        return f"{_kind_name(obj)} {'configured' if old else 'created'}"
+    if isinstance(obj, Pod):
+        line = controller.apply_pod(objects, req.topo, req.mode, obj)
+    elif isinstance(obj, Deployment):
+        line = controller.apply_deployment(
+            objects, req.topo, req.mode, obj, str(objects.resourceVersion + 1)
+        )
+    else:
+        raise ObjectError(f"labctl cannot apply {type(obj).__name__} objects")
+    if not line.endswith("unchanged"):
+        objects.bump()
+    return line
+
+
+def _controller_errors() -> tuple[type[Exception], ...]:
+    return (controller.WorkloadError, SchedulingError)
 
 
 def apply(lab: str, objects_in: Sequence[BaseModel]) -> Outcome:
     """Create or update objects (kubectl apply)."""
     outcome = Outcome()
+    req = _Request.of(lab)
     with store.locked(lab) as objects:
-        for obj in objects_in:
-            assert isinstance(obj, NetworkPolicy)
-            _check_namespace(objects, obj)
-            old = objects.networkpolicies.get(obj.key)
-            if (
-                old is not None
-                and old.spec == obj.spec
-                and old.metadata.labels == obj.metadata.labels
-            ):
-                outcome.lines.append(f"{_kind_name(obj)} unchanged")
-                continue
-            objects.networkpolicies[obj.key] = store.stamp(obj, old, objects.bump())
-            outcome.lines.append(f"{_kind_name(obj)} {'configured' if old else 'created'}")
-        _commit(lab, objects, outcome)
+        before = objects.model_copy(deep=True)
+        try:
+            for obj in objects_in:
+                _check_namespace(objects, obj)
+                outcome.lines.append(_apply_one(req, objects, obj))
+        except _controller_errors() as e:
+            raise ObjectError(str(e)) from None
+        _commit(lab, before, objects, outcome)
     return outcome
 
 
 def delete(lab: str, objects_in: Sequence[BaseModel], ignore_not_found: bool = False) -> Outcome:
-    """Delete objects by kind, namespace and name (kubectl delete -f)."""
+    """Delete objects by kind, namespace and name (kubectl delete -f). A deleted pod of a
+    Deployment is replaced, as its ReplicaSet would."""
     outcome = Outcome()
+    req = _Request.of(lab)
     with store.locked(lab) as objects:
+        before = objects.model_copy(deep=True)
         for obj in objects_in:
-            assert isinstance(obj, NetworkPolicy)
-            if obj.key not in objects.networkpolicies:
+            resource_name, group = _KINDS[type(obj)]
+            held: dict[str, Any] = getattr(objects, resource_name)
+            key = obj.key  # type: ignore[attr-defined]
+            name = obj.metadata.name  # type: ignore[attr-defined]
+            if key not in held:
                 if ignore_not_found:
                     continue
-                raise ObjectError(
-                    f'networkpolicies.networking.k8s.io "{obj.metadata.name}" not found in '
-                    f"namespace {obj.metadata.namespace} (nothing was deleted; "
-                    "--ignore-not-found skips missing objects)"
+                plural = {"pod": "pods", "deployment.apps": "deployments.apps"}.get(
+                    group, "networkpolicies.networking.k8s.io"
                 )
-            del objects.networkpolicies[obj.key]
+                raise ObjectError(
+                    f'{plural} "{name}" not found in namespace {key.split("/")[0]} (nothing was '
+                    "deleted; --ignore-not-found skips missing objects)"
+                )
+            if isinstance(obj, Deployment):
+                controller.delete_deployment(objects, key)
+            else:
+                del held[key]
             objects.bump()
-            outcome.lines.append(f'networkpolicy.networking.k8s.io "{obj.metadata.name}" deleted')
-        _commit(lab, objects, outcome)
+            outcome.lines.append(f'{group} "{name}" deleted')
+        try:
+            controller.reconcile(objects, req.topo, req.mode)
+        except _controller_errors() as e:
+            raise ObjectError(str(e)) from None
+        _commit(lab, before, objects, outcome)
+    return outcome
+
+
+def scale(lab: str, namespace: str, name: str, replicas: int) -> Outcome:
+    """Set a deployment's replicas (kubectl scale deployment NAME --replicas N)."""
+    if replicas < 0:
+        raise ObjectError(f"--replicas={replicas}: must be 0 or more")
+    outcome = Outcome()
+    req = _Request.of(lab)
+    with store.locked(lab) as objects:
+        key = f"{namespace}/{name}"
+        if key not in objects.deployments:
+            raise ObjectError(
+                f'deployments.apps "{name}" not found in namespace {namespace} '
+                "(labctl get deployments -A lists them)"
+            )
+        before = objects.model_copy(deep=True)
+        try:
+            changed = controller.scale(objects, req.topo, req.mode, key, replicas)
+        except _controller_errors() as e:
+            raise ObjectError(str(e)) from None
+        outcome.lines.append(f"deployment.apps/{name} scaled")
+        if changed:
+            objects.bump()
+            _commit(lab, before, objects, outcome)
     return outcome
 
 
@@ -136,6 +245,7 @@ def label(
         raise ObjectError(str(e)) from None
     outcome = Outcome()
     with store.locked(lab) as objects:
+        before = objects.model_copy(deep=True)
         if kind == "namespace":
             if target not in objects.namespaces:
                 raise ObjectError(
@@ -167,17 +277,18 @@ def label(
         outcome.lines.append(f"{kind}/{target} {'labeled' if changed else 'not labeled'}")
         if changed:
             objects.bump()
-            _commit(lab, objects, outcome)
+            _commit(lab, before, objects, outcome)
     return outcome
 
 
 def reset(lab: str, topo: Topology) -> Outcome:
-    """Back to the objects `up` created: topology labels, no policies (tests, exercises)."""
+    """Back to the objects `up` created: topology pods and labels, no policies, no workloads
+    applied since (tests, exercises)."""
     outcome = Outcome()
     fresh = store.from_topology(topo, get_mode(state.load(lab).mode).network)
     with store.locked(lab) as objects:
         fresh.resourceVersion = objects.resourceVersion + 1
-        _commit(lab, fresh, outcome)
+        _commit(lab, objects, fresh, outcome)
     return outcome
 
 
@@ -187,18 +298,25 @@ def resource(name: str) -> str:
         return RESOURCES[name.lower()]
     except KeyError:
         raise ObjectError(
-            f"unknown resource type {name!r}; labctl has: networkpolicies (netpol)"
+            f"unknown resource type {name!r}; labctl has: pods (po), deployments (deploy), "
+            "networkpolicies (netpol)"
         ) from None
 
 
 def get(lab: str, kind: str, namespace: str | None) -> list[dict[str, Any]]:
-    """Stored objects of `kind` as kubectl shows them (namespace None: all namespaces)."""
+    """Stored objects of `kind` as kubectl shows them (namespace None: all namespaces),
+    sorted by namespace and name."""
     objects = store.load(lab)
     if namespace is not None and namespace not in objects.namespaces:
         raise ObjectError(f"namespace {namespace!r} not found in lab {lab}")
-    assert resource(kind) == "networkpolicies"
-    return [
-        p.manifest()
-        for p in objects.policies()
-        if namespace is None or p.metadata.namespace == namespace
-    ]
+    kind = resource(kind)
+    items: list[dict[str, Any]]
+    if kind == "networkpolicies":
+        items = [p.manifest() for p in objects.policies()]
+    elif kind == "pods":
+        topo = load_topology(state.load(lab).topology)
+        items = [p.manifest(str(topo.nodes[p.node].ip)) for p in objects.pods.values()]
+    else:
+        items = [d.manifest(controller.ready(objects, d)) for d in objects.deployments.values()]
+    items = [i for i in items if namespace is None or i["metadata"]["namespace"] == namespace]
+    return sorted(items, key=lambda i: (i["metadata"]["namespace"], i["metadata"]["name"]))

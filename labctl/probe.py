@@ -17,6 +17,7 @@ from labctl.nsutil import in_netns
 from labctl.store import PodRecord
 
 BATCH = 400
+HTTP_REQUEST = b"GET / HTTP/1.1\r\nHost: labctl-probe\r\nConnection: close\r\n\r\n"
 
 
 @dataclass
@@ -123,8 +124,10 @@ def _batch(
     """Probe `pairs` concurrently: sockets opened in each source pod, one selector for all."""
     sel = selectors.DefaultSelector()
     socks: dict[int, socket.socket] = {}
+    received: dict[int, bytearray] = {}
     results: dict[int, Result] = {}
-    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    tcp = protocol == "tcp"
+    kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
     for n, (s, d) in enumerate(pairs):
         with in_netns(pids[s.key]):
             sock = socket.socket(socket.AF_INET, kind)
@@ -136,11 +139,21 @@ def _batch(
             sock.close()
             continue
         socks[n] = sock
-        sel.register(sock, selectors.EVENT_READ, n)
+        received[n] = bytearray()
+        # TCP: send the HTTP request once connected, then read the answer to its end.
+        sel.register(sock, selectors.EVENT_WRITE if tcp else selectors.EVENT_READ, n)
     deadline = time.monotonic() + timeout
     # UDP may lose a datagram to neighbour resolution: resend a few times. TCP retries itself.
-    resend_every = timeout / 4 if protocol == "udp" else timeout
-    next_send = time.monotonic() if protocol == "udp" else deadline
+    resend_every = timeout if tcp else timeout / 4
+    next_send = deadline if tcp else time.monotonic()
+
+    def finish(n: int, err: int) -> None:
+        sock = socks.pop(n)
+        sel.unregister(sock)
+        sock.close()
+        src, dst = pairs[n]
+        results[n] = _judge(src, dst, bytes(received[n]), err, tcp)
+
     while socks and time.monotonic() < deadline:
         now = time.monotonic()
         if now >= next_send:
@@ -149,19 +162,30 @@ def _batch(
                 with contextlib.suppress(OSError):
                     sock.send(b"probe")
             next_send = now + resend_every
-        for key, _ in sel.select(max(0.0, min(next_send, deadline) - time.monotonic())):
+        for key, events in sel.select(max(0.0, min(next_send, deadline) - time.monotonic())):
             n = key.data
+            sock = socks[n]
+            if events & selectors.EVENT_WRITE:
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    finish(n, err)
+                    continue
+                try:
+                    sock.send(HTTP_REQUEST)
+                except OSError as e:
+                    finish(n, e.errno or errno.EIO)
+                    continue
+                sel.modify(sock, selectors.EVENT_READ, n)
+                continue
             try:
-                data, err = socks[n].recv(256), 0
+                data, err = sock.recv(4096), 0
             except BlockingIOError:
                 continue
             except OSError as e:
                 data, err = b"", e.errno or 0
-            sock = socks.pop(n)
-            sel.unregister(sock)
-            sock.close()
-            src, dst = pairs[n]
-            results[n] = _judge(src, dst, data, err)
+            received[n] += data
+            if not tcp or not data:  # UDP: one datagram; TCP: the server closes when done
+                finish(n, err)
     for n, sock in socks.items():
         sock.close()
         results[n] = Result(
@@ -171,10 +195,21 @@ def _batch(
     return [results[n] for n in range(len(pairs))]
 
 
-def _judge(s: PodRecord, d: PodRecord, data: bytes, err: int) -> Result:
+def answered_by(data: bytes, tcp: bool) -> str:
+    """Who answered: the first line of the HTTP body (TCP) or of the datagram (UDP)."""
+    text = data.decode(errors="replace")
+    if tcp:
+        head, sep, body = text.partition("\r\n\r\n")
+        if not sep or not head.startswith("HTTP/1.1 200"):
+            return text.strip()[:60]
+        text = body
+    return text.strip().split("\n", 1)[0] if text.strip() else ""
+
+
+def _judge(s: PodRecord, d: PodRecord, data: bytes, err: int, tcp: bool) -> Result:
     if err:
         return Result(s.key, d.key, False, os.strerror(err))
-    answer = data.decode(errors="replace").strip()
+    answer = answered_by(data, tcp)
     if answer == d.key:
         return Result(s.key, d.key, True, "ok")
     if not answer:

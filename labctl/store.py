@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -22,9 +23,11 @@ from labctl import state
 from labctl.modes.podnet import PodNetwork
 from labctl.policy.model import NamedPort, NetworkPolicy, PodInfo
 from labctl.topology import PodPort, Topology
+from labctl.workloads.model import DEFAULT_IMAGE, Deployment
 
 #: Set by Kubernetes on every namespace, immutable, equal to the namespace's name.
 NAME_LABEL = "kubernetes.io/metadata.name"
+_Obj = TypeVar("_Obj", NetworkPolicy, Deployment)
 STORE_FILE = "store.json"
 
 
@@ -40,11 +43,53 @@ class PodRecord(BaseModel):
     labels: dict[str, str] = {}
     ports: list[PodPort] = []
     iface: str  # host-side interface
+    # Set for pods created through the API (topology pods exist from `up` and have none).
+    uid: str | None = None
+    creationTimestamp: str | None = None
+    owner: str | None = None  # the Deployment (name) whose replica this is
+    container: str = "app"
+    image: str = DEFAULT_IMAGE
 
     @property
     def key(self) -> str:
         """`namespace/name`."""
         return f"{self.namespace}/{self.name}"
+
+    def manifest(self, host_ip: str) -> dict[str, Any]:
+        """The pod as `kubectl get pod -o json` shows it (`host_ip`: its node's address)."""
+        meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
+        if self.labels:
+            meta["labels"] = dict(self.labels)
+        if self.uid:
+            meta["uid"] = self.uid
+        if self.creationTimestamp:
+            meta["creationTimestamp"] = self.creationTimestamp
+        if self.owner:
+            meta["ownerReferences"] = [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "name": self.owner,
+                    "controller": True,
+                }
+            ]
+        ports = [p.model_dump(exclude_none=True) for p in self.ports]
+        container: dict[str, Any] = {"name": self.container, "image": self.image}
+        if ports:
+            container["ports"] = ports
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": meta,
+            "spec": {"nodeName": self.node, "containers": [container]},
+            "status": {
+                "phase": "Running",
+                "hostIP": host_ip,
+                "podIP": self.ip,
+                "podIPs": [{"ip": self.ip}],
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
 
     def info(self) -> PodInfo:
         """The pod as policy code sees it."""
@@ -65,6 +110,7 @@ class Store(BaseModel):
     namespaces: dict[str, NamespaceRecord] = {}
     pods: dict[str, PodRecord] = {}
     networkpolicies: dict[str, NetworkPolicy] = {}
+    deployments: dict[str, Deployment] = {}
     #: Bumped on every change, as the API server's resourceVersion.
     resourceVersion: int = 0
 
@@ -90,6 +136,7 @@ def from_topology(topo: Topology, network: PodNetwork) -> Store:
     """The objects a freshly built lab holds: the topology's namespaces and pods."""
     store = Store()
     names = ["default", *topo.namespaces, *(p.namespace for p in topo.pods)]
+    created = now().isoformat().replace("+00:00", "Z")
     for name in dict.fromkeys(names):
         store.namespaces[name] = NamespaceRecord(labels=topo.namespace_labels(name))
     for pod in topo.pods:
@@ -101,19 +148,24 @@ def from_topology(topo: Topology, network: PodNetwork) -> Store:
             labels=dict(pod.labels),
             ports=list(pod.ports),
             iface=network.iface(pod),
+            uid=str(uuid.uuid4()),
+            creationTimestamp=created,
         )
     return store
 
 
-def stamp(policy: NetworkPolicy, old: NetworkPolicy | None, version: str) -> NetworkPolicy:
+def now() -> datetime:
+    """A creation timestamp, to the second as the API server writes it."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def stamp(policy: _Obj, old: _Obj | None, version: str) -> _Obj:
     """Server-set metadata, as the API server fills it: uid and creation time kept from the
     stored object, generation bumped when the spec changes."""
     meta = policy.metadata.model_copy(
         update={
             "uid": old.metadata.uid if old else str(uuid.uuid4()),
-            "creationTimestamp": (
-                old.metadata.creationTimestamp if old else datetime.now(UTC).replace(microsecond=0)
-            ),
+            "creationTimestamp": (old.metadata.creationTimestamp if old else now()),
             "generation": (
                 1 if old is None else (old.metadata.generation or 1) + (old.spec != policy.spec)
             ),

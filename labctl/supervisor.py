@@ -15,10 +15,12 @@ import time
 import traceback
 from types import FrameType
 
-from labctl import daemons, engine, routing, state, store, wiring
+from labctl import control, daemons, engine, routing, state, store, wiring
+from labctl.kubelet import Kubelet
 from labctl.listeners import PodServers
 from labctl.modes import get_mode
 from labctl.policy import apply as policy
+from labctl.topology import load_topology
 
 
 class _Stop(Exception):
@@ -56,12 +58,13 @@ def run(lab: str) -> int:
             ns = plan.namespaces[name]
             st.namespaces[name] = state.NsRecord(pid=pid, role=ns.role, node=ns.node)
 
-        _net = wiring.build(plan, record, phase)
+        net = wiring.build(plan, record, phase)
         st.save()
         phase("programming the dataplane")
         st.warnings = engine.apply(plan, pids, phase)
         st.notes += [n for n in plan.notes if n not in st.notes]
-        if get_mode(st.mode).enforces_policy:
+        mode = get_mode(st.mode)
+        if mode.enforces_policy:
             phase("programming the policy dataplane")
             policy.sync(objects, pids, [n.name for n in plan.node_ns()])
         phase("starting pod servers and daemons")
@@ -71,6 +74,14 @@ def run(lab: str) -> int:
             for dpid in dpids:
                 st.processes[f"{name}:frr:{dpid}"] = dpid
         st.warnings += speakers.warnings
+        # The node agents' pod lifecycle from now on: `apply` asks for a sync over the socket.
+        hosts = {name: h for h in net.hosts for name, pid in pids.items() if pid == h.pid}
+        kubelet = Kubelet(
+            lab, net, hosts, mode, load_topology(st.topology), plan, st, pids, servers
+        )
+        ops = {"sync": lambda req: kubelet.sync()}
+        ctl = control.listen(lab)
+        servers.watch(ctl, lambda: control.handle(ctl, lambda req: ops[req["op"]](req)))
         st.status = "ready"
         st.phase = ""
         st.ready_after = round(time.monotonic() - started, 3)

@@ -29,6 +29,7 @@ for verb in (
     objects.delete,
     objects.get,
     objects.label,
+    objects.scale,
     bench.bench,
 ):
     main.add_command(verb)

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from labctl import lifecycle
 from labctl.apiserver import ObjectError
+from labctl.control import ControlError
 from labctl.features import BadDatapath, MissingFeature
 from labctl.k8s.manifests import ManifestError
 from labctl.modes import UnknownModeError
@@ -45,7 +46,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except (TopologyError, UnknownModeError, BadDatapath, ManifestError, ObjectError) as e:
             fail(str(e), 2)
-        except PolicyApplyError as e:
+        except (PolicyApplyError, ControlError) as e:
             fail(str(e), 1)
         except LabError as e:
             fail(str(e), getattr(e, "exit_code", 2))

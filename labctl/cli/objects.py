@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any, Literal
 
 import click
@@ -37,6 +38,8 @@ def _report(outcome: Outcome) -> None:
         out.print(line, highlight=False)
     for w in outcome.warnings:
         err.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+    if outcome.pods_seconds is not None:
+        err.print(f"pods wired by the node agents in {outcome.pods_seconds * 1000:.0f} ms")
     if outcome.enforced_seconds is not None:
         err.print(
             f"enforced on every node in {outcome.enforced_seconds * 1000:.0f} ms "
@@ -50,8 +53,8 @@ def _report(outcome: Outcome) -> None:
 @FILES
 @guarded
 def apply(lab: str | None, files: tuple[str, ...]) -> None:
-    """Create or update NetworkPolicies from manifests (multi-document YAML). Nothing is
-    applied if any document is invalid."""
+    """Create or update Pods, Deployments and NetworkPolicies from manifests (multi-document
+    YAML). Nothing is applied if any document is invalid."""
     objs = _objects(files)  # validated before the lab is touched
     lifecycle.check_environment()
     _report(apiserver.apply(state.resolve(lab), objs))
@@ -83,7 +86,8 @@ def delete(lab: str | None, files: tuple[str, ...], ignore_not_found: bool) -> N
 def get(
     lab: str | None, resource: str, namespace: str | None, all_namespaces: bool, output: str
 ) -> None:
-    """List stored objects, like kubectl get (RESOURCE: networkpolicies, netpol)."""
+    """List the lab's objects, like kubectl get (RESOURCE: pods, deployments,
+    networkpolicies; short names po, deploy, netpol)."""
     kind = apiserver.resource(resource)
     ns = None if all_namespaces else (namespace or "default")
     items = apiserver.get(state.resolve(lab), kind, ns)
@@ -98,22 +102,62 @@ def get(
         where = "any namespace" if ns is None else f"namespace {ns}"
         err.print(f"No resources found in {where}.")
         return
+    columns = COLUMNS[kind]
     t = Table(box=None, header_style="bold")
-    cols = ["NAMESPACE"] if ns is None else []
-    cols += ["NAME", "POD-SELECTOR"]
-    if output == "wide":
-        cols += ["POLICY-TYPES"]
-    cols += ["AGE"]
-    for c in cols:
-        t.add_column(c)
+    names = (["NAMESPACE"] if ns is None else []) + [
+        c for c, _, wide_only in columns if output == "wide" or not wide_only
+    ]
+    rows = []
     for item in items:
         row = [item["metadata"]["namespace"]] if ns is None else []
-        row += [item["metadata"]["name"], _selector(item["spec"].get("podSelector", {}))]
-        if output == "wide":
-            row.append(",".join(item["spec"].get("policyTypes", [])))
-        row.append(_age(item["metadata"].get("creationTimestamp")))
+        row += [cell(item) for _, cell, wide_only in columns if output == "wide" or not wide_only]
+        rows.append(row)
+    for i, c in enumerate(names):
+        # kubectl never shortens a name: columns keep their widest cell even on a narrow screen.
+        t.add_column(c, no_wrap=True, min_width=max(len(c), *(len(r[i]) for r in rows)))
+    for row in rows:
         t.add_row(*row)
-    out.print(t)
+    out.print(t, crop=False)
+
+
+def _name(item: dict[str, Any]) -> str:
+    return str(item["metadata"]["name"])
+
+
+def _created(item: dict[str, Any]) -> str:
+    return _age(item["metadata"].get("creationTimestamp"))
+
+
+def _replicas(item: dict[str, Any]) -> str:
+    return f"{item['status']['readyReplicas']}/{item['spec'].get('replicas', 1)}"
+
+
+#: Per resource, kubectl's columns: (header, cell, shown only with -o wide).
+COLUMNS: dict[str, list[tuple[str, Callable[[dict[str, Any]], str], bool]]] = {
+    "networkpolicies": [
+        ("NAME", _name, False),
+        ("POD-SELECTOR", lambda i: _selector(i["spec"].get("podSelector", {})), False),
+        ("POLICY-TYPES", lambda i: ",".join(i["spec"].get("policyTypes", [])), True),
+        ("AGE", _created, False),
+    ],
+    "pods": [
+        ("NAME", _name, False),
+        ("READY", lambda i: "1/1", False),
+        ("STATUS", lambda i: str(i["status"]["phase"]), False),
+        ("RESTARTS", lambda i: "0", False),
+        ("AGE", _created, False),
+        ("IP", lambda i: str(i["status"]["podIP"]), True),
+        ("NODE", lambda i: str(i["spec"]["nodeName"]), True),
+    ],
+    "deployments": [
+        ("NAME", _name, False),
+        ("READY", _replicas, False),
+        ("UP-TO-DATE", lambda i: str(i["status"]["updatedReplicas"]), False),
+        ("AVAILABLE", lambda i: str(i["status"]["availableReplicas"]), False),
+        ("AGE", _created, False),
+        ("SELECTOR", lambda i: _selector(i["spec"]["selector"]), True),
+    ],
+}
 
 
 def _selector(sel: dict[str, Any]) -> str:
@@ -149,3 +193,19 @@ def label(
     lifecycle.check_environment()
     which: Literal["namespace", "pod"] = "namespace" if kind in ("namespace", "ns") else "pod"
     _report(apiserver.label(state.resolve(lab), which, target, labels, overwrite))
+
+
+@click.command()
+@NAME
+@click.argument("kind", type=click.Choice(["deployment", "deployments", "deploy"]))
+@click.argument("target")
+@click.option("--replicas", type=click.IntRange(min=0), required=True, help="Desired pods.")
+@click.option(
+    "--namespace", "namespace", default="default", help="Kubernetes namespace (default: default)."
+)
+@guarded
+def scale(lab: str | None, kind: str, target: str, replicas: int, namespace: str) -> None:
+    """Set a Deployment's replicas: `scale deployment NAME --replicas N`. Pods are added and
+    removed on the nodes before this returns."""
+    lifecycle.check_environment()
+    _report(apiserver.scale(state.resolve(lab), namespace, target, replicas))

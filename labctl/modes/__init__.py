@@ -16,6 +16,8 @@ from labctl.modes.podnet import PodNetwork
 from labctl.wire import WireSpec
 
 if TYPE_CHECKING:
+    from ipaddress import IPv4Network
+
     from labctl.plan import Plan
     from labctl.topology import Topology
 
@@ -65,6 +67,9 @@ class Mode:
     cni_conf: str | None = None
     # Names of the checks verify runs besides the wire (labctl.checks.CHECKS).
     checks: tuple[str, ...] = ()
+    # IPAM: the address range a node hands its pods from (flannel: the lease; Calico: the
+    # node's block). None: the node's pod CIDR.
+    ipam: Callable[[Topology, str], IPv4Network] | None = None
 
     @property
     def overhead(self) -> int:
@@ -89,6 +94,10 @@ class Mode:
     def pod_mtu(self, underlay_mtu: int = 1500) -> int:
         """Pod MTU on a segment of `underlay_mtu`: what is left after the encapsulation."""
         return underlay_mtu - self.overhead
+
+    def pod_pool(self, topo: Topology, node: str) -> IPv4Network:
+        """The addresses `node` hands to its pods (what host-local or Calico IPAM allocates)."""
+        return self.ipam(topo, node) if self.ipam else topo.node_pod_cidrs[node]
 
     def plan(self, topo: Topology, datapath: str = "kernel") -> Plan:
         """Desired kernel state of every namespace for this mode on `topo`."""

@@ -414,7 +414,7 @@ def plan_calico(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
             encap.device(ns, topo, node, blocks[node], pod_mtu, datapath, peers[node])
         mode.network.node(plan, ns, topo, node, pod_mtu)
         for pod in topo.pods_on(node):
-            mode.network.pod(plan, ns, pod, topo, pod_mtu)
+            mode.network.pod(plan, ns, pod, topo, pod_mtu, topo.pod_ips[pod.key])
         if encap.per_peer is not None:
             # Felix owns the routes: the blackhole is its too (BGP mode: FRR's staticd).
             ns.routes.append(Route(dst=str(blocks[node]), type="blackhole", proto=FELIX_PROTO))
@@ -477,6 +477,7 @@ def _mode(name: str, summary: str, wire: str) -> Mode:
         planner=plan_calico,
         policy=FELIX,
         checks=("bgp-sessions", routes),
+        ipam=ipam_block,
     )
 
 

@@ -261,7 +261,7 @@ def plan_flannel(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
             backend.device(ns, topo, node, pod_mtu, datapath, list(peers[node].values()))
         mode.network.node(plan, ns, topo, node, pod_mtu)
         for pod in topo.pods_on(node):
-            mode.network.pod(plan, ns, pod, topo, pod_mtu)
+            mode.network.pod(plan, ns, pod, topo, pod_mtu, topo.pod_ips[pod.key])
         for peer in peers[node].values():
             backend.per_peer(ns, peer)
 

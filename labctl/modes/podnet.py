@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 
 from labctl.plan import (
     UNDERLAY_IF,
@@ -34,10 +35,14 @@ class PodNetwork:
     name: str
     #: Node-side setup before its pods: (plan, node namespace, topology, node, pod MTU).
     node: Callable[[Plan, NamespacePlan, Topology, str, int], None]
-    #: One pod's veth, addresses and routes: (plan, node namespace, pod, topology, pod MTU).
-    pod: Callable[[Plan, NamespacePlan, Pod, Topology, int], None]
+    #: One pod's veth, addresses and routes (the CNI ADD):
+    #: (plan, node namespace, pod, topology, pod MTU, the pod's IP from IPAM).
+    pod: Callable[[Plan, NamespacePlan, Pod, Topology, int, IPv4Address], None]
     #: The pod's host-side interface (what policy dispatches on).
     iface: Callable[[Pod], str]
+    #: The plugin announces a new pod's address with a gratuitous ARP (the bridge plugin
+    #: does: a reused address must not stay bound to a deleted pod's MAC in its neighbours).
+    announce: bool = False
 
 
 # ---- flannel: cni0 ----
@@ -63,7 +68,9 @@ def _bridge_node(plan: Plan, ns: NamespacePlan, topo: Topology, node: str, mtu: 
     ns.addresses.append(Address(BRIDGE_DEV, f"{_lease_gateway(topo, node)}/{lease.prefixlen}"))
 
 
-def _bridge_pod(plan: Plan, node_ns: NamespacePlan, pod: Pod, topo: Topology, mtu: int) -> None:
+def _bridge_pod(
+    plan: Plan, node_ns: NamespacePlan, pod: Pod, topo: Topology, mtu: int, ip: IPv4Address
+) -> None:
     key = pod_ns_name(pod.namespace, pod.name)
     lease = topo.node_pod_cidrs[pod.node]
     gateway = _lease_gateway(topo, pod.node)
@@ -81,13 +88,13 @@ def _bridge_pod(plan: Plan, node_ns: NamespacePlan, pod: Pod, topo: Topology, mt
         )
     )
     pod_ns = plan.namespaces[key]
-    pod_ns.addresses.append(Address("eth0", f"{topo.pod_ips[pod.key]}/{lease.prefixlen}"))
+    pod_ns.addresses.append(Address("eth0", f"{ip}/{lease.prefixlen}"))
     # isDefaultGateway plus the IPAM route for the whole flannel network.
     pod_ns.routes.append(Route(dst="default", via=gateway, dev="eth0"))
     pod_ns.routes.append(Route(dst=str(topo.cluster.podCIDR), via=gateway, dev="eth0"))
 
 
-BRIDGE = PodNetwork("bridge", node=_bridge_node, pod=_bridge_pod, iface=veth_name)
+BRIDGE = PodNetwork("bridge", node=_bridge_node, pod=_bridge_pod, iface=veth_name, announce=True)
 
 
 # ---- calico: cali* veths ----
@@ -119,10 +126,12 @@ def _cali_node(plan: Plan, ns: NamespacePlan, topo: Topology, node: str, mtu: in
         plan.notes.append(note)
 
 
-def _cali_pod(plan: Plan, node_ns: NamespacePlan, pod: Pod, topo: Topology, mtu: int) -> None:
+def _cali_pod(
+    plan: Plan, node_ns: NamespacePlan, pod: Pod, topo: Topology, mtu: int, ip: IPv4Address
+) -> None:
     key = pod_ns_name(pod.namespace, pod.name)
     cali = cali_name(pod)
-    pod_ip = str(topo.pod_ips[pod.key])
+    pod_ip = str(ip)
     pod_mac = underlay_mac(key, "eth0")
     node_ns.links.append(
         Link(

@@ -139,9 +139,11 @@ def test_missing_kind() -> None:
 def test_unknown_kind_names_what_is_supported() -> None:
     with pytest.raises(ManifestError) as e:
         parse_text("apiVersion: v1\nkind: Foo\nmetadata: {name: a}\n")
+    supported = ", ".join(f"{api} {kind}" for api, kind in sorted(KINDS))
+    assert "networking.k8s.io/v1 NetworkPolicy" in supported
     assert str(e.value) == (
-        '<stdin> (document 1): kind "Foo" (apiVersion v1) is not supported; '
-        "labctl applies: networking.k8s.io/v1 NetworkPolicy"
+        f'<stdin> (document 1): kind "Foo" (apiVersion v1) is not supported; '
+        f"labctl applies: {supported}"
     )
 
 
