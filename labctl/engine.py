@@ -2,13 +2,15 @@
 
 Order inside a namespace follows what the real agents do: devices, addresses, links up,
 neighbours, FDB, routes (flanneld's neighbour-FDB-route order, so nothing needs resolving),
-sysctls, then files. Nodes and routers go first because they create the pods' veths.
+sysctls, netfilter rules (iptables-restore), then files. Nodes and routers go first because
+they create the pods' veths.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -164,11 +166,44 @@ def apply_namespace(ns: NamespacePlan, pid: int, pids: dict[str, int]) -> list[s
         except (NetlinkError, OSError) as e:
             code = e.code if isinstance(e, NetlinkError) else e.errno
             raise EngineError(f"{ns.name}: {step}: {os.strerror(code or errno.EINVAL)}") from e
+    if ns.netfilter:
+        apply_netfilter(ns.name, pid, ns.netfilter)
     for path, content in ns.files.items():
         _write_file(pid, path, content)
     for dev, features in ns.offloads_off.items():
         _offloads_off(pid, dev, features)
     return warnings
+
+
+def _iptables(pid: int, argv: list[str], text: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        nsenter_argv(pid, argv, mount=False), input=text, capture_output=True, text=True
+    )
+
+
+def _tables(dump: str) -> dict[str, str]:
+    """iptables-save/-restore text split per table: name -> its `*table` ... `COMMIT` block."""
+    return {
+        m.group(1): m.group(0) + "\n"
+        for m in re.finditer(r"^\*(\w+)$.*?^COMMIT$", dump, flags=re.M | re.S)
+    }
+
+
+def apply_netfilter(name: str, pid: int, text: str) -> None:
+    """Load iptables-restore input `text` into namespace `pid` without flushing what is there;
+    all or nothing: EngineError naming `name` and iptables' complaint if it is refused."""
+    before = _tables(_iptables(pid, ["iptables-save"]).stdout)
+    proc = _iptables(pid, ["iptables-restore", "--noflush"], text)
+    if proc.returncode == 0:
+        return
+    # iptables-nft commits each table at its COMMIT, so tables before the refused one are in:
+    # put back what those tables held (a table that did not exist is restored empty).
+    undo = "".join(before.get(t, f"*{t}\nCOMMIT\n") for t in _tables(text))
+    _iptables(pid, ["iptables-restore"], undo)
+    complaint = "; ".join(
+        line.strip() for line in proc.stderr.splitlines() if line.strip() and "Try `" not in line
+    )
+    raise EngineError(f"{name}: iptables-restore refused the netfilter rules: {complaint}")
 
 
 def _offloads_off(pid: int, dev: str, features: list[str]) -> None:

@@ -17,7 +17,8 @@ from labctl.bgp import BgpSpeaker
 from labctl.topology import Topology
 from labctl.wire import Flow, WireSpec
 
-Role = Literal["node", "pod", "router"]
+# external: a host outside the cluster (topology `externals:`), one underlay port.
+Role = Literal["node", "pod", "router", "external"]
 
 UNDERLAY_IF = "eth0"
 
@@ -105,7 +106,7 @@ class Daemon:
 
 @dataclass
 class NamespacePlan:
-    """Everything one namespace (node, pod or router) should hold."""
+    """Everything one namespace (node, pod, router or external host) should hold."""
 
     name: str
     role: Role
@@ -123,6 +124,9 @@ class NamespacePlan:
     offloads_off: dict[str, list[str]] = field(default_factory=dict)
     # The node's or router's BGP speaker (FRR), started once the underlay passes traffic.
     bgp: BgpSpeaker | None = None
+    # iptables-restore input (tables with COMMIT), loaded with --noflush after the routes, as
+    # the CNI agent would install it (flanneld's masquerade and forward chains); "" for none.
+    netfilter: str = ""
 
 
 @dataclass
@@ -216,8 +220,8 @@ class ModeShape(Protocol):
 
 
 def base_plan(topo: Topology, mode: ModeShape, datapath: str = "kernel") -> Plan:
-    """The mode-independent part: underlay wiring, node and router addressing, gateways,
-    and each node's pod MTU."""
+    """The mode-independent part: underlay wiring, node, router and external host
+    addressing, gateways, and each node's pod MTU."""
     namespaces: dict[str, NamespacePlan] = {}
     attachments: list[Attachment] = []
     for rname, router in topo.routers.items():
@@ -240,6 +244,18 @@ def base_plan(topo: Topology, mode: ModeShape, datapath: str = "kernel") -> Plan
         if gw is not None:
             np_.routes.append(Route(dst="default", via=str(gw), dev=UNDERLAY_IF))
         namespaces[nname] = np_
+    for ename, ext in topo.externals.items():
+        segment = topo.segments[ext.segment]
+        ep = NamespacePlan(name=ename, role="external")
+        mac = underlay_mac(ename, UNDERLAY_IF)
+        attachments.append(Attachment(ename, UNDERLAY_IF, ext.segment, mac, segment.mtu))
+        ep.addresses.append(Address(UNDERLAY_IF, f"{ext.ip}/{segment.cidr.prefixlen}"))
+        gw = topo.external_gateway(ename)
+        if gw is not None:
+            ep.routes.append(Route(dst="default", via=str(gw), dev=UNDERLAY_IF))
+        for route in ext.routes:
+            ep.routes.append(Route(dst=str(route.to), via=str(route.via), dev=UNDERLAY_IF))
+        namespaces[ename] = ep
     for pod in topo.pods:
         key = pod_ns_name(pod.namespace, pod.name)
         namespaces[key] = NamespacePlan(name=key, role="pod", node=pod.node)

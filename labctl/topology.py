@@ -65,6 +65,8 @@ class _Strict(BaseModel):
 class Cluster(_Strict):
     podCIDR: IPv4Network = IPv4Network("10.244.0.0/16")
     nodeCIDRSize: Annotated[int, Field(ge=8, le=28)] = 24
+    # kubeadm's default --service-cidr.
+    serviceCIDR: IPv4Network = IPv4Network("10.96.0.0/12")
 
 
 class Segment(_Strict):
@@ -95,6 +97,16 @@ class Node(_Strict):
     ip: IPv4Address
     podCIDR: IPv4Network | None = None
     gateway: IPv4Address | None = None
+
+
+class External(_Strict):
+    """A host outside the cluster (a laptop on the nodes' segment, an "internet" host behind
+    a router): one interface, no Kubernetes."""
+
+    segment: str
+    ip: IPv4Address
+    gateway: IPv4Address | None = None
+    routes: list[StaticRoute] = []
 
 
 class Bgp(_Strict):
@@ -151,6 +163,7 @@ class Topology(_Strict):
     segments: dict[str, Segment]
     routers: dict[str, Router] = {}
     nodes: dict[str, Node]
+    externals: dict[str, External] = {}
     bgp: Bgp = Bgp()
     namespaces: dict[str, Namespace] = {}
     pods: list[Pod] = []
@@ -169,7 +182,7 @@ class Topology(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Topology:
-        for section in ("segments", "routers", "nodes", "namespaces"):
+        for section in ("segments", "routers", "nodes", "externals", "namespaces"):
             for key in getattr(self, section):
                 try:
                     _check_name(key, "name")
@@ -214,6 +227,7 @@ class Topology(_Strict):
                     f"segments.{sname}.cidr: {seg.cidr} overlaps cluster.podCIDR "
                     f"{self.cluster.podCIDR}; pick disjoint ranges"
                 )
+        self._check_service_cidr()
 
         for rname, router in self.routers.items():
             claim_name(rname, f"routers.{rname}")
@@ -246,6 +260,27 @@ class Topology(_Strict):
                 if node.podCIDR.prefixlen > 28:
                     raise ValueError(
                         f"nodes.{nname}.podCIDR: {node.podCIDR} is too small; use /28 or larger"
+                    )
+
+        for ename, ext in self.externals.items():
+            where = f"externals.{ename}"
+            claim_name(ename, where)
+            self._check_on_segment(ext.segment, ext.ip, f"{where}.ip")
+            claim_ip(ext.ip, f"{where}.ip")
+            if ext.gateway is not None:
+                self._check_on_segment(ext.segment, ext.gateway, f"{where}.gateway")
+                if ext.gateway == ext.ip:
+                    raise ValueError(
+                        f"{where}.gateway: {ext.gateway} is the host's own address; "
+                        "use a router's or node's address on its segment"
+                    )
+            for i, route in enumerate(ext.routes):
+                via = f"{where}.routes[{i}].via"
+                self._check_on_segment(ext.segment, route.via, via)
+                if route.via == ext.ip:
+                    raise ValueError(
+                        f"{via}: {route.via} is the host's own address; use another host on "
+                        f"segment {ext.segment}, e.g. a node"
                     )
 
         explicit = [(n, x.podCIDR) for n, x in self.nodes.items() if x.podCIDR is not None]
@@ -289,6 +324,29 @@ class Topology(_Strict):
                     )
                 ports.add((port.containerPort, port.protocol))
         return self
+
+    def _check_service_cidr(self) -> None:
+        # Node pod CIDRs are checked to lie inside cluster.podCIDR, so that one check covers them.
+        svc = self.cluster.serviceCIDR
+        default = "" if "serviceCIDR" in self.cluster.model_fields_set else " (the default)"
+        if svc.prefixlen < 12:
+            # kube-apiserver's limit for --service-cluster-ip-range.
+            raise ValueError(
+                f"cluster.serviceCIDR: {svc} is larger than Kubernetes allows; use /12 or smaller"
+            )
+        taken = [("cluster.podCIDR", self.cluster.podCIDR)]
+        taken += [(f"segments.{n}", s.cidr) for n, s in self.segments.items()]
+        taken += [
+            (f"routers.{n}.routes[{i}].to", route.to)
+            for n, router in self.routers.items()
+            for i, route in enumerate(router.routes)
+        ]
+        for where, cidr in taken:
+            if svc.overlaps(cidr):
+                raise ValueError(
+                    f"cluster.serviceCIDR: {svc}{default} overlaps {where} ({cidr}); set "
+                    "cluster.serviceCIDR to a range disjoint from pods, segments and routes"
+                )
 
     def _check_on_segment(self, sname: str, ip: IPv4Address, where: str) -> None:
         if sname not in self.segments:
@@ -352,10 +410,17 @@ class Topology(_Strict):
     def node_gateway(self, name: str) -> IPv4Address | None:
         """The node's default gateway: explicit, else the router interface on its segment."""
         node = self.nodes[name]
-        if node.gateway is not None:
-            return node.gateway
+        return node.gateway if node.gateway is not None else self._segment_router(node.segment)
+
+    def external_gateway(self, name: str) -> IPv4Address | None:
+        """An external host's default gateway: explicit, else the router interface on its
+        segment (as for nodes)."""
+        ext = self.externals[name]
+        return ext.gateway if ext.gateway is not None else self._segment_router(ext.segment)
+
+    def _segment_router(self, segment: str) -> IPv4Address | None:
         for router in self.routers.values():
-            ip = router.interfaces.get(node.segment)
+            ip = router.interfaces.get(segment)
             if ip is not None:
                 return ip
         return None

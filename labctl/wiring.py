@@ -1,5 +1,5 @@
-"""Mininet wiring: every node, router and pod becomes a namespace (a Mininet host), every
-segment a Linux bridge, every underlay attachment a veth into that bridge.
+"""Mininet wiring: every node, router, external host and pod becomes a namespace (a Mininet
+host), every segment a Linux bridge, every underlay attachment a veth into that bridge.
 
 Runs inside the lab's private namespace, so Mininet's bridges and switch-side veths never
 appear in the host's namespace.

@@ -19,7 +19,7 @@ from labctl.state import LAB_ENV
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @guarded
 def exec_(lab: str | None, target: str, command: tuple[str, ...]) -> None:
-    """Run COMMAND inside TARGET (node, router or NS/POD), like kubectl exec.
+    """Run COMMAND inside TARGET (node, router, external host or NS/POD), like kubectl exec.
 
     Streams are passed through unchanged and the exit code is COMMAND's:
     labctl exec node1 -- tcpdump -w - | wireshark -k -i -

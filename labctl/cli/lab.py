@@ -140,7 +140,8 @@ def down(lab: str | None, all_: bool, output: str) -> None:
 @OUTPUT
 @guarded
 def status(lab: str | None, output: str) -> None:
-    """Show the lab: mode, nodes, routers, pods (for people, every lab when -n is not given)."""
+    """Show the lab: mode, nodes, routers, external hosts, pods (for people, every lab when -n
+    is not given)."""
     if output == "json":
         # One document, for the one lab meant (the contract: -n, or the only lab up).
         emit_json(_status_doc(state.resolve(lab)))
@@ -166,6 +167,8 @@ def status(lab: str | None, output: str) -> None:
             t.add_row(n["name"], n["ip"], n["podCIDR"], n["gateway"] or "-")
         for r in doc["routers"]:
             t.add_row(f"{r['name']} (router)", ", ".join(r["interfaces"]), "-", "-")
+        for x in doc["externals"]:
+            t.add_row(f"{x['name']} (external)", x["ip"], "-", x["gateway"] or "-")
         out.print(t)
         t = Table("pod", "node", "ip", "labels", "ports")
         for p in doc["pods"]:
@@ -206,6 +209,15 @@ def _status_doc(lab: str) -> dict[str, Any]:
                 "asn": router.asn,
             }
             for r, router in topo.routers.items()
+        ],
+        "externals": [
+            {
+                "name": x,
+                "ip": str(ext.ip),
+                "segment": ext.segment,
+                "gateway": str(topo.external_gateway(x) or "") or None,
+            }
+            for x, ext in topo.externals.items()
         ],
         "namespaces": [{"name": n, "labels": ns.labels} for n, ns in objects.namespaces.items()],
         "pods": [

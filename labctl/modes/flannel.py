@@ -229,8 +229,8 @@ BACKENDS: dict[str, Backend] = {
 
 
 def plan_flannel(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
-    """Flannel's per-node state: lease files, the pod network (``cni0``; Canal: ``cali*``),
-    the backend device and what each peer's lease asks for."""
+    """Flannel's per-node state: lease files, masquerade and forward rules, the pod network
+    (``cni0``; Canal: ``cali*``), the backend device and what each peer's lease asks for."""
     backend = mode.backend
     assert isinstance(backend, Backend)
     plan = base_plan(topo, mode, datapath)
@@ -257,6 +257,8 @@ def plan_flannel(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
         ns.files["/etc/kube-flannel/net-conf.json"] = render(
             "net-conf.json.j2", network=network, backend=backend.options
         )
+        # What --ip-masq (FLANNEL_IPMASQ=true above) and --iptables-forward-rules install.
+        ns.netfilter = render("flannel-iptables.j2", node=node, network=network, lease=lease)
         if backend.device is not None:
             backend.device(ns, topo, node, pod_mtu, datapath, list(peers[node].values()))
         mode.network.node(plan, ns, topo, node, pod_mtu)

@@ -74,6 +74,7 @@ def test_shipped_topologies_are_the_expected_ones() -> None:
         "netpol-seed",
         "netpol-xyz",
         "route-reflector",
+        "services",
         "two-node",
     ]
 
@@ -235,7 +236,7 @@ def test_unknown_top_level_key() -> None:
     [
         (lambda d: d["nodes"]["n1"].update(ipaddr="10.0.0.5"), "nodes.n1.ipaddr"),
         (lambda d: d["segments"]["lan1"].update(vlan=3), "segments.lan1.vlan"),
-        (lambda d: d["cluster"].update(serviceCIDR="10.96.0.0/12"), "cluster.serviceCIDR"),
+        (lambda d: d["cluster"].update(serviceCidr="10.96.0.0/12"), "cluster.serviceCidr"),
         (lambda d: d["pods"][1].update(image="nginx"), "pods[1].image"),
         (
             lambda d: d["pods"][0].update(ports=[{"containerPort": 80, "hostPort": 8}]),
@@ -679,12 +680,12 @@ def test_missing_file_lists_shipped(tmp_path: Path) -> None:
     assert load_error(missing) == (
         f"{missing}: no such topology file; shipped topologies: "
         "cross-subnet, default, leaf-spine, leaf-spine-no-bgp, netpol-seed, netpol-xyz, "
-        "route-reflector, two-node"
+        "route-reflector, services, two-node"
     )
     assert load_error("defualt") == (
         "defualt: no such topology file; shipped topologies: "
         "cross-subnet, default, leaf-spine, leaf-spine-no-bgp, netpol-seed, netpol-xyz, "
-        "route-reflector, two-node"
+        "route-reflector, services, two-node"
     )
 
 
