@@ -1,4 +1,5 @@
-"""Pod servers: one process answers on every declared port of every pod.
+"""Pod servers: one process answers on every declared port of every pod (and on port 80 of
+every external host, so traffic to the outside has something to reach).
 
 Sockets are opened inside each pod's namespace (setns) and then served from a single
 selector loop, so hundreds of pods cost one interpreter, not hundreds. TCP ports answer
@@ -13,14 +14,33 @@ import contextlib
 import selectors
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from labctl.nsutil import in_netns
-from labctl.store import PodRecord
+from labctl.topology import PodPort
 
 #: A client that sends no request within this time is dropped.
 REQUEST_TIMEOUT = 5.0
+
+
+class Answering(Protocol):
+    """Whatever answers: a pod (`ns/name`) or an external host (its name)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def ports(self) -> Sequence[PodPort]: ...
+
+
+@dataclass(frozen=True)
+class Host:
+    """An external host's server: it answers like a pod, under its own name."""
+
+    key: str
+    ports: Sequence[PodPort]
 
 
 @dataclass
@@ -59,8 +79,8 @@ class PodServers:
         self.count = 0
         self._by_pod: dict[str, list[socket.socket]] = {}
 
-    def open(self, pods: Iterable[PodRecord], pids: dict[str, int]) -> None:
-        """Bind every pod's declared ports inside that pod's namespace."""
+    def open(self, pods: Iterable[Answering], pids: dict[str, int]) -> None:
+        """Bind every pod's (or host's) declared ports inside its namespace."""
         for pod in pods:
             with in_netns(pids[pod.key]):
                 for port in pod.ports:

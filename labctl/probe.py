@@ -215,3 +215,20 @@ def _judge(s: PodRecord, d: PodRecord, data: bytes, err: int, tcp: bool) -> Resu
     if not answer:
         return Result(s.key, d.key, False, "connection closed without an answer")
     return Result(s.key, d.key, False, f"answered by {answer}, not {d.key}")
+
+
+def http_get(pid: int, ip: str, port: int, timeout: float) -> str:
+    """One HTTP GET from the namespace of `pid`; the response body (OSError if none)."""
+    with in_netns(pid):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(timeout)
+        sock.connect((ip, port))
+        sock.sendall(HTTP_REQUEST)
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    head, sep, body = data.decode(errors="replace").partition("\r\n\r\n")
+    if not sep or not head.startswith("HTTP/1.1 200"):
+        raise OSError(f"not an HTTP 200 answer: {head[:40]!r}")
+    return body

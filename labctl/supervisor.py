@@ -17,10 +17,10 @@ from types import FrameType
 
 from labctl import control, daemons, engine, routing, state, store, wiring
 from labctl.kubelet import Kubelet
-from labctl.listeners import PodServers
+from labctl.listeners import Host, PodServers
 from labctl.modes import get_mode
 from labctl.policy import apply as policy
-from labctl.topology import load_topology
+from labctl.topology import DEFAULT_PORTS, load_topology
 
 
 class _Stop(Exception):
@@ -69,6 +69,8 @@ def run(lab: str) -> int:
             policy.sync(objects, pids, [n.name for n in plan.node_ns()])
         phase("starting pod servers and daemons")
         servers.open(objects.pods.values(), pids)
+        externals = [n.name for n in plan.namespaces.values() if n.role == "external"]
+        servers.open([Host(name, DEFAULT_PORTS) for name in externals], pids)
         group.start(plan, pids, st)
         for name, dpids in speakers.start(plan, pids, phase).items():
             for dpid in dpids:

@@ -13,6 +13,7 @@ from typing import Any
 
 from labctl import checker, checks, state, store
 from labctl.capture import CAPTURE_ROOT, Capture
+from labctl.checks.nat import outgoing_nat_checks
 from labctl.modes import get_mode
 from labctl.nsutil import nsenter_argv
 from labctl.plan import UNDERLAY_IF, Plan
@@ -239,6 +240,8 @@ def verify(lab: str, with_mtu: bool = True) -> Report:
     for c in wire_checks(flows, pcaps, topo.cluster.podCIDR, all_flows=plan.flows):
         report.add(c)
     for c in checks.run(mode.checks, topo, plan, pids):
+        report.add(c)
+    for c in outgoing_nat_checks(topo, pods, pids):
         report.add(c)
     if mode.enforces_policy:
         for c in policy_checks.table_checks(policy_checks.compiled(objects, nodes), pids):

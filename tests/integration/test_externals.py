@@ -138,7 +138,13 @@ def test_exec_in_externals(services_lab: str) -> None:
 
 
 def test_verify_still_passes(services_lab: str) -> None:
-    labctl("verify", "-n", services_lab)
+    report = labctl_json("verify", "-n", services_lab)
+    nat = {c["name"]: c for c in report["checks"] if c["name"].startswith("outgoing nat")}
+    # One per node (its first pod) and external host, each seen from the node's address.
+    assert len(nat) == 6 and all(c["passed"] for c in nat.values()), nat
+    assert (
+        "arrived from 10.0.0.32, node1's address" in nat[f"outgoing nat {WEB2} -> laptop"]["detail"]
+    )
 
 
 # ---------------------------------------------------------------- flannel's ipMasq
@@ -180,6 +186,11 @@ def test_without_the_masquerade_rule_the_pod_ip_leaks(services_lab: str) -> None
         assert sources(seen) == [WEB2_IP], seen
         # Behind r1 the same: internet's reply to 10.244.1.2 dies at r1.
         assert ping(WEB2, INTERNET_IP) == 1
+        # verify's check notices (the laptop saw the pod IP; internet's answer never came).
+        report = labctl_json("verify", "-n", services_lab, check=1)
+        bad = {c["name"]: c["detail"] for c in report["checks"] if not c["passed"]}
+        assert set(bad) == {f"outgoing nat {WEB2} -> laptop", f"outgoing nat {WEB2} -> internet"}
+        assert "no answer" in bad[f"outgoing nat {WEB2} -> internet"]
     finally:
         run_in("node1", "iptables", "-t", "nat", "-I", "FLANNEL-POSTRTG", "5", *MASQ_RULE)
     assert flannel_rules("node1") == flannel_lines("10.244.1.0/24")
