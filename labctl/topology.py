@@ -190,6 +190,7 @@ class Topology(_Strict):
                     raise ValueError(f"{section}.{key}: {e}") from None
 
         pod_cidr, size = self.cluster.podCIDR, self.cluster.nodeCIDRSize
+        _check_not_reserved(pod_cidr, "cluster.podCIDR", "e.g. 10.244.0.0/16")
         if size < pod_cidr.prefixlen:
             raise ValueError(
                 f"cluster.nodeCIDRSize: /{size} is larger than cluster.podCIDR {pod_cidr}; "
@@ -222,6 +223,7 @@ class Topology(_Strict):
                         f"segments.{sname}.cidr: {seg.cidr} overlaps segments.{oname} "
                         f"({other.cidr}); segments must be disjoint"
                     )
+            _check_not_reserved(seg.cidr, f"segments.{sname}.cidr", "e.g. 10.0.0.0/24")
             if seg.cidr.overlaps(self.cluster.podCIDR):
                 raise ValueError(
                     f"segments.{sname}.cidr: {seg.cidr} overlaps cluster.podCIDR "
@@ -239,6 +241,21 @@ class Topology(_Strict):
                 where = f"routers.{rname}.routes[{i}].via"
                 if not any(route.via in self.segments[s].cidr for s in router.interfaces):
                     raise ValueError(f"{where}: {route.via} is not on any of the router's segments")
+                if route.via in router.interfaces.values():
+                    raise ValueError(
+                        f"{where}: {route.via} is the router's own address; use the next hop's "
+                        "address on a shared segment"
+                    )
+                if route.to.overlaps(pod_cidr):
+                    raise ValueError(
+                        f"routers.{rname}.routes[{i}].to: {route.to} overlaps cluster.podCIDR "
+                        f"{pod_cidr}; routes to pods come from the CNI (BGP), not static routes"
+                    )
+            if router.asn is not None and router.asn == self.bgp.asn:
+                raise ValueError(
+                    f"routers.{rname}.asn: {router.asn} is the cluster's bgp.asn; a router "
+                    "peers over eBGP, so give it its own AS number (e.g. 65001)"
+                )
 
         for nname, node in self.nodes.items():
             claim_name(nname, f"nodes.{nname}")
@@ -250,6 +267,14 @@ class Topology(_Strict):
                     raise ValueError(
                         f"nodes.{nname}.gateway: {node.gateway} is the node's own address; "
                         "use a router's address on the node's segment"
+                    )
+                other = next(
+                    (o for o, x in self.nodes.items() if o != nname and x.ip == node.gateway), None
+                )
+                if other is not None:
+                    raise ValueError(
+                        f"nodes.{nname}.gateway: {node.gateway} is node {other}'s address and "
+                        "nodes do not route for each other; use a router's address"
                     )
             if node.podCIDR is not None:
                 if not node.podCIDR.subnet_of(self.cluster.podCIDR):
@@ -300,6 +325,13 @@ class Topology(_Strict):
                     + ", ".join(self.nodes)
                 )
 
+        seen_rr: set[str] = set()
+        for i, rr in enumerate(self.bgp.routeReflectors):
+            if rr in seen_rr:
+                raise ValueError(f"bgp.routeReflectors[{i}]: {rr!r} is listed twice; list it once")
+            seen_rr.add(rr)
+        self._check_segments_joined()
+
         pod_keys: set[str] = set()
         for i, pod in enumerate(self.pods):
             where = f"pods[{i}]"
@@ -324,6 +356,26 @@ class Topology(_Strict):
                     )
                 ports.add((port.containerPort, port.protocol))
         return self
+
+    def _check_segments_joined(self) -> None:
+        """Nodes talk to each other: every node segment must be reachable from the others
+        through routers."""
+        node_segments = list(dict.fromkeys(n.segment for n in self.nodes.values()))
+        reach = {node_segments[0]}
+        grew = True
+        while grew:
+            grew = False
+            for router in self.routers.values():
+                joined = set(router.interfaces)
+                if joined & reach and not joined <= reach:
+                    reach |= joined
+                    grew = True
+        cut = [s for s in node_segments if s not in reach]
+        if cut:
+            raise ValueError(
+                f"segments.{cut[0]}: its nodes cannot reach the nodes on {node_segments[0]}: no "
+                "router joins the two; add a router with an interface on each (routers:)"
+            )
 
     def _check_service_cidr(self) -> None:
         # Node pod CIDRs are checked to lie inside cluster.podCIDR, so that one check covers them.
@@ -434,6 +486,26 @@ class Topology(_Strict):
         labels = dict(self.namespaces[ns].labels) if ns in self.namespaces else {}
         labels["kubernetes.io/metadata.name"] = ns
         return labels
+
+
+#: Ranges a lab cannot use for pods or segments: "this network", loopback, link-local (Calico's
+#: 169.254.1.1 pod gateway lives there), multicast and reserved.
+RESERVED = {
+    IPv4Network("0.0.0.0/8"): "'this network'",
+    IPv4Network("127.0.0.0/8"): "loopback",
+    IPv4Network("169.254.0.0/16"): "link-local (Calico's pod gateway 169.254.1.1)",
+    IPv4Network("224.0.0.0/4"): "multicast",
+    IPv4Network("240.0.0.0/4"): "reserved",
+}
+
+
+def _check_not_reserved(net: IPv4Network, where: str, example: str) -> None:
+    for reserved, what in RESERVED.items():
+        if net.overlaps(reserved):
+            raise ValueError(
+                f"{where}: {net} overlaps {reserved}, which is {what}; use a private range, "
+                f"{example}"
+            )
 
 
 def _loc(err: dict[str, Any]) -> str:

@@ -691,3 +691,52 @@ def test_missing_file_lists_shipped(tmp_path: Path) -> None:
 
 def test_unreadable_path_is_one_line(tmp_path: Path) -> None:
     assert load_error(tmp_path) == f"{tmp_path}: cannot read (Is a directory)"
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(d: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        for p in parents:
+            d = d[p]
+        d[last] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_set("cluster.podCIDR", "169.254.0.0/16"), "cluster.podCIDR: 169.254.0.0/16 overlaps"),
+        (_set("cluster.podCIDR", "127.0.0.0/16"), "which is loopback"),
+        (_set("cluster.podCIDR", "224.1.0.0/16"), "which is multicast"),
+        (_set("cluster.podCIDR", "0.0.0.0/16"), "'this network'"),
+        (_set("segments.lan2.cidr", "127.0.1.0/24"), "segments.lan2.cidr: 127.0.1.0/24 overlaps"),
+        (_set("nodes.n2.gateway", "10.0.0.11"), "is node n1's address"),
+        (
+            _set("routers.r1.routes", [{"to": "10.244.5.0/24", "via": "10.0.0.11"}]),
+            "routes[0].to: 10.244.5.0/24 overlaps cluster.podCIDR",
+        ),
+        (
+            _set("routers.r1.routes", [{"to": "192.168.0.0/24", "via": "10.0.0.1"}]),
+            "routes[0].via: 10.0.0.1 is the router's own address",
+        ),
+        (_set("routers.r1.asn", 64512), "is the cluster's bgp.asn"),
+        (
+            _set("bgp", {"routeReflectors": ["n1", "n1"]}),
+            "routeReflectors[1]: 'n1' is listed twice",
+        ),
+        (_set("routers", {}), "segments.lan2: its nodes cannot reach the nodes on lan1"),
+    ],
+)
+def test_topologies_that_cannot_work_are_refused(
+    change: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    reject(mutated(change), message)
+
+
+def test_the_refusals_above_start_from_a_valid_topology() -> None:
+    data = copy.deepcopy(BASE)
+    data["routers"]["r1"]["asn"] = 65001
+    data["routers"]["r1"]["routes"] = [{"to": "192.168.0.0/24", "via": "10.0.0.11"}]
+    data["bgp"] = {"routeReflectors": ["n1"]}
+    assert parse_topology(data).routers["r1"].asn == 65001
