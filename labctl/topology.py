@@ -268,12 +268,12 @@ class Topology(_Strict):
                         f"nodes.{nname}.gateway: {node.gateway} is the node's own address; "
                         "use a router's address on the node's segment"
                     )
-                other = next(
+                owner = next(
                     (o for o, x in self.nodes.items() if o != nname and x.ip == node.gateway), None
                 )
-                if other is not None:
+                if owner is not None:
                     raise ValueError(
-                        f"nodes.{nname}.gateway: {node.gateway} is node {other}'s address and "
+                        f"nodes.{nname}.gateway: {node.gateway} is node {owner}'s address and "
                         "nodes do not route for each other; use a router's address"
                     )
             if node.podCIDR is not None:
