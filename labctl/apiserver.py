@@ -20,6 +20,9 @@ from labctl.k8s.meta import parse_label_args
 from labctl.modes import Mode, get_mode
 from labctl.policy import apply as policy_apply
 from labctl.policy.model import NetworkPolicy
+from labctl.services import apply as proxy_apply
+from labctl.services.endpoints import compute_slices
+from labctl.services.model import Service, ServiceError, allocate
 from labctl.store import NAME_LABEL, Store
 from labctl.topology import Topology, load_topology
 from labctl.workloads import controller
@@ -41,6 +44,11 @@ RESOURCES = {
     "deployments": "deployments",
     "deployment": "deployments",
     "deploy": "deployments",
+    "services": "services",
+    "service": "services",
+    "svc": "services",
+    "endpointslices": "endpointslices",
+    "endpointslice": "endpointslices",
 }
 
 
@@ -61,6 +69,9 @@ class Outcome:
     rules: int | None = None
     #: Seconds the kubelets took to add and remove pods (CNI ADD/DEL), when pods changed.
     pods_seconds: float | None = None
+    #: Seconds kube-proxy took to load every node's rules, and how many it loaded.
+    proxy_seconds: float | None = None
+    proxy_rules: int | None = None
 
 
 @dataclass
@@ -82,6 +93,7 @@ _KINDS: dict[type[BaseModel], tuple[str, str]] = {
     NetworkPolicy: ("networkpolicies", "networkpolicy.networking.k8s.io"),
     Pod: ("pods", "pod"),
     Deployment: ("deployments", "deployment.apps"),
+    Service: ("services", "service"),
 }
 
 
@@ -102,6 +114,16 @@ def _program(lab: str, objects: Store, outcome: Outcome, pods_changed: bool) -> 
         outcome.enforced_seconds, outcome.rules = result.seconds, result.rules
     elif objects.networkpolicies:
         outcome.warnings.append(NOT_ENFORCED.format(mode=mode.name))
+    topo = load_topology(st.topology)
+    proxied = proxy_apply.sync(
+        list(objects.services.values()),
+        objects.pod_infos(),
+        {n: str(x.ip) for n, x in topo.nodes.items()},
+        {name: rec.pid for name, rec in st.namespaces.items() if rec.role == "node"},
+        topo.cluster.podCIDR,
+        st.proxy_mode,
+    )
+    outcome.proxy_seconds, outcome.proxy_rules = proxied.seconds, proxied.rules
 
 
 def _commit(lab: str, before: Store, objects: Store, outcome: Outcome) -> None:
@@ -136,6 +158,13 @@ def _apply_one(req: _Request, objects: Store, obj: BaseModel) -> str:
             return f"{_kind_name(obj)} unchanged"
         objects.networkpolicies[obj.key] = store.stamp(obj, old, objects.bump())
         return f"{_kind_name(obj)} {'configured' if old else 'created'}"
+    if isinstance(obj, Service):
+        old_svc = objects.services.get(obj.key)
+        allocated = allocate(obj, objects.services, req.topo.cluster.serviceCIDR)
+        if old_svc is not None and old_svc.spec == allocated.spec:
+            return f"{_kind_name(obj)} unchanged"
+        objects.services[obj.key] = store.stamp(allocated, old_svc, objects.bump())
+        return f"{_kind_name(obj)} {'configured' if old_svc else 'created'}"
     if isinstance(obj, Pod):
         line = controller.apply_pod(objects, req.topo, req.mode, obj)
     elif isinstance(obj, Deployment):
@@ -150,7 +179,7 @@ def _apply_one(req: _Request, objects: Store, obj: BaseModel) -> str:
 
 
 def _controller_errors() -> tuple[type[Exception], ...]:
-    return (controller.WorkloadError, SchedulingError)
+    return (controller.WorkloadError, SchedulingError, ServiceError)
 
 
 def apply(lab: str, objects_in: Sequence[BaseModel]) -> Outcome:
@@ -184,9 +213,11 @@ def delete(lab: str, objects_in: Sequence[BaseModel], ignore_not_found: bool = F
             if key not in held:
                 if ignore_not_found:
                     continue
-                plural = {"pod": "pods", "deployment.apps": "deployments.apps"}.get(
-                    group, "networkpolicies.networking.k8s.io"
-                )
+                plural = {
+                    "pod": "pods",
+                    "deployment.apps": "deployments.apps",
+                    "service": "services",
+                }.get(group, "networkpolicies.networking.k8s.io")
                 raise ObjectError(
                     f'{plural} "{name}" not found in namespace {key.split("/")[0]} (nothing was '
                     "deleted; --ignore-not-found skips missing objects)"
@@ -299,7 +330,7 @@ def resource(name: str) -> str:
     except KeyError:
         raise ObjectError(
             f"unknown resource type {name!r}; labctl has: pods (po), deployments (deploy), "
-            "networkpolicies (netpol)"
+            "services (svc), endpointslices, networkpolicies (netpol)"
         ) from None
 
 
@@ -313,6 +344,11 @@ def get(lab: str, kind: str, namespace: str | None) -> list[dict[str, Any]]:
     items: list[dict[str, Any]]
     if kind == "networkpolicies":
         items = [p.manifest() for p in objects.policies()]
+    elif kind == "services":
+        items = [s.manifest() for s in objects.services.values()]
+    elif kind == "endpointslices":
+        slices = compute_slices(objects.services.values(), objects.pod_infos())
+        items = [s.manifest() for s in slices.values()]
     elif kind == "pods":
         topo = load_topology(state.load(lab).topology)
         items = [p.manifest(str(topo.nodes[p.node].ip)) for p in objects.pods.values()]

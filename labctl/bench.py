@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from labctl import apiserver, lifecycle, store
+from labctl import apiserver, lifecycle, state, store
 from labctl.features import resolve_datapath
 from labctl.k8s.manifests import Document, parse_objects
 from labctl.modes import get_mode
@@ -165,27 +165,36 @@ def _policies(count: int) -> list[BaseModel]:
     return parse_objects([Document("<bench>", i, d) for i, d in enumerate(docs, 1)])
 
 
+def _probe(lab: str, mode: str) -> tuple[float, bool]:
+    """Seconds for a TCP probe of every pod pair, and whether it matched Kubernetes' answer."""
+    st, objects, m = state.load(lab), store.load(lab), get_mode(mode)
+    expect = policy_checks.expected(objects, m.enforces_policy, "tcp", None)
+    pods = list(objects.pods.values())
+    pids = {k: r.pid for k, r in st.namespaces.items()}
+    t0 = time.monotonic()
+    results = probe(pods, pids, "tcp", timeout=policy_checks.probe_timeout(expect), expect=expect)
+    took = time.monotonic() - t0
+    table = policy_checks.truth_table(objects, m, "tcp", None, expect, results, took)
+    return table.seconds, table.passed
+
+
 def policy(mode: str, large: tuple[int, int], progress: Callable[[str], None]) -> dict[str, Any]:
     """NetworkPolicy figures in `mode`: apply-to-enforced and the 9x9 TCP probe on
-    netpol-xyz; then, on the large topology, apply time and rule count for 1 and 100
-    policies."""
+    netpol-xyz (and whether both probes gave Kubernetes' answer); then, on the large
+    topology, rule count for 0, 1 and 100 policies, and for 1 and 100 the compile time, the
+    time to enforced on every node (compile, `nft -c`, `nft -f`) and the whole request's."""
     (deny,) = parse_objects([Document("<bench>", 1, {**DENY_ALL_X})])
     row: dict[str, Any] = {"mode": mode}
     xyz = resolve_path("netpol-xyz")
     try:
         progress(f"{mode}: netpol-xyz")
-        st = lifecycle.up("bench", get_mode(mode), xyz, load_topology(xyz), lambda _: None)
-        pids = {k: r.pid for k, r in st.namespaces.items()}
-        pods = list(store.load("bench").pods.values())
-        t0 = time.monotonic()
-        probe(pods, pids, "tcp")
-        row["probeOpen"] = round(time.monotonic() - t0, 3)
+        lifecycle.up("bench", get_mode(mode), xyz, load_topology(xyz), lambda _: None)
+        row["probeOpen"], open_ok = _probe("bench", mode)
         done = apiserver.apply("bench", [deny])
         row["applyToEnforced"] = done.enforced_seconds
-        expect = policy_checks.expected(store.load("bench"), True, "tcp", None)
-        t0 = time.monotonic()
-        probe(pods, pids, "tcp", timeout=1.0, expect=expect)
-        row["probeWithPolicy"] = round(time.monotonic() - t0, 3)
+        row["rulesDenyAll"] = done.rules
+        row["probeWithPolicy"], policy_ok = _probe("bench", mode)
+        row["probesAsExpected"] = open_ok and policy_ok
     finally:
         lifecycle.down("bench")
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,12 +205,19 @@ def policy(mode: str, large: tuple[int, int], progress: Callable[[str], None]) -
         try:
             progress(f"{mode}: {len(topo.nodes)} nodes, {len(topo.pods)} pods")
             lifecycle.up("bench", get_mode(mode), big, topo, lambda _: None)
+            row["rules0"] = apiserver.reset("bench", topo).rules
             for count in (1, 100):
                 apiserver.reset("bench", topo)
                 t0 = time.monotonic()
                 done = apiserver.apply("bench", _policies(count))
                 row[f"apply{count}"] = round(time.monotonic() - t0, 3)
+                row[f"enforced{count}"] = done.enforced_seconds
                 row[f"rules{count}"] = done.rules
+                # The compile step alone, as apply ran it (the lab's objects, every node).
+                objects = store.load("bench")
+                t0 = time.monotonic()
+                policy_checks.compiled(objects, list(topo.nodes))
+                row[f"compile{count}"] = round(time.monotonic() - t0, 3)
         finally:
             lifecycle.down("bench")
     return row

@@ -85,6 +85,7 @@ def up(
     progress: Callable[[str], None],
     datapath: str = "kernel",
     notes: list[str] | None = None,
+    proxy_mode: str = "nftables",
 ) -> LabState:
     """Plan the lab, record the plan and the cluster's objects, start its supervisor and wait
     until it is ready.
@@ -96,7 +97,14 @@ def up(
     objects = store.from_topology(topo, mode.network)
     if lab in state.list_labs() or os.path.exists(f"/run/netns/{state.netns_name(lab)}"):
         raise LabError(f"lab {lab!r} is already up; 'labctl down -n {lab}' first, or pick -n NAME")
-    st = LabState(lab=lab, mode=mode.name, topology="", topology_name=topo.name, datapath=datapath)
+    st = LabState(
+        lab=lab,
+        mode=mode.name,
+        topology="",
+        topology_name=topo.name,
+        datapath=datapath,
+        proxy_mode=proxy_mode,
+    )
     st.notes = list(notes or [])
     st.dir.mkdir(parents=True, exist_ok=True)
     copy = st.dir / "topology.yaml"

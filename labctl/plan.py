@@ -8,7 +8,7 @@ The engine applies a Plan; verify reads the Plan's expectations.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Literal, Protocol
@@ -156,6 +156,9 @@ class Plan:
     # agent computes it from its own interface.
     node_pod_mtu: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Per ordered node pair "src>dst": how pod packets between them cross the wire (Flow's
+    # encap, port, vni, next_hop_mac), so pods added later get flows too (flows_for).
+    paths: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (for `status -o json` and debugging)."""
@@ -271,6 +274,44 @@ def base_plan(topo: Topology, mode: ModeShape, datapath: str = "kernel") -> Plan
         pod_mtu=min(node_mtu.values()),
         node_pod_mtu=node_mtu,
     )
+
+
+def node_paths(
+    topo: Topology, encap_for: Callable[[str, str], dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """`encap_for` for every ordered pair of distinct nodes, keyed "src>dst"."""
+    return {f"{a}>{b}": encap_for(a, b) for a in topo.nodes for b in topo.nodes if a != b}
+
+
+def flows_for(pods: Sequence[PodLike], plan: Plan, topo: Topology) -> list[Flow]:
+    """One Flow per ordered pair of `pods` on different nodes (the pods live now, whenever
+    they were created), carried as the plan's node paths say."""
+    return [
+        Flow(
+            src_pod=src.key,
+            dst_pod=dst.key,
+            src_pod_ip=src.ip,
+            dst_pod_ip=dst.ip,
+            src_node=src.node,
+            dst_node=dst.node,
+            src_node_ip=str(topo.nodes[src.node].ip),
+            dst_node_ip=str(topo.nodes[dst.node].ip),
+            **plan.paths[f"{src.node}>{dst.node}"],
+        )
+        for src in pods
+        for dst in pods
+        if src.node != dst.node
+    ]
+
+
+class PodLike(Protocol):
+    """A live pod as flows need it (store.PodRecord)."""
+
+    @property
+    def key(self) -> str: ...
+
+    ip: str
+    node: str
 
 
 def cross_node_flows(topo: Topology, encap_for: Callable[[str, str], dict[str, Any]]) -> list[Flow]:

@@ -232,3 +232,19 @@ def http_get(pid: int, ip: str, port: int, timeout: float) -> str:
     if not sep or not head.startswith("HTTP/1.1 200"):
         raise OSError(f"not an HTTP 200 answer: {head[:40]!r}")
     return body
+
+
+def udp_ask(pid: int, ip: str, port: int, timeout: float) -> str:
+    """One UDP datagram from the namespace of `pid`; the answer's text (OSError if none)."""
+    with in_netns(pid):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        sock.settimeout(timeout / 3)
+        sock.connect((ip, port))
+        for _ in range(3):  # a datagram may be lost to neighbour resolution
+            sock.send(b"probe")
+            try:
+                return sock.recv(2048).decode(errors="replace")
+            except TimeoutError:
+                continue
+    raise TimeoutError(f"no UDP answer from {ip}:{port}")

@@ -62,6 +62,7 @@ class LabState:
     topology: str  # path of the topology copy in the state dir
     topology_name: str = ""
     datapath: str = "kernel"
+    proxy_mode: str = "nftables"  # kube-proxy's --proxy-mode on every node
     status: str = "starting"  # starting | ready | failed | stopping
     phase: str = ""
     error: str = ""

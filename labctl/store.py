@@ -22,12 +22,13 @@ from pydantic import BaseModel
 from labctl import state
 from labctl.modes.podnet import PodNetwork
 from labctl.policy.model import NamedPort, NetworkPolicy, PodInfo
+from labctl.services.model import Service
 from labctl.topology import PodPort, Topology
 from labctl.workloads.model import DEFAULT_IMAGE, Deployment
 
 #: Set by Kubernetes on every namespace, immutable, equal to the namespace's name.
 NAME_LABEL = "kubernetes.io/metadata.name"
-_Obj = TypeVar("_Obj", NetworkPolicy, Deployment)
+_Obj = TypeVar("_Obj", NetworkPolicy, Deployment, Service)
 STORE_FILE = "store.json"
 
 
@@ -111,6 +112,7 @@ class Store(BaseModel):
     pods: dict[str, PodRecord] = {}
     networkpolicies: dict[str, NetworkPolicy] = {}
     deployments: dict[str, Deployment] = {}
+    services: dict[str, Service] = {}
     #: Bumped on every change, as the API server's resourceVersion.
     resourceVersion: int = 0
 

@@ -20,6 +20,7 @@ from labctl.kubelet import Kubelet
 from labctl.listeners import Host, PodServers
 from labctl.modes import get_mode
 from labctl.policy import apply as policy
+from labctl.services import apply as proxy
 from labctl.topology import DEFAULT_PORTS, load_topology
 
 
@@ -67,6 +68,16 @@ def run(lab: str) -> int:
         if mode.enforces_policy:
             phase("programming the policy dataplane")
             policy.sync(objects, pids, [n.name for n in plan.node_ns()])
+        topo = load_topology(st.topology)
+        phase(f"programming kube-proxy ({st.proxy_mode})")
+        proxy.sync(
+            list(objects.services.values()),
+            objects.pod_infos(),
+            {n: str(x.ip) for n, x in topo.nodes.items()},
+            pids,
+            topo.cluster.podCIDR,
+            st.proxy_mode,
+        )
         phase("starting pod servers and daemons")
         servers.open(objects.pods.values(), pids)
         externals = [n.name for n in plan.namespaces.values() if n.role == "external"]
@@ -78,9 +89,7 @@ def run(lab: str) -> int:
         st.warnings += speakers.warnings
         # The node agents' pod lifecycle from now on: `apply` asks for a sync over the socket.
         hosts = {name: h for h in net.hosts for name, pid in pids.items() if pid == h.pid}
-        kubelet = Kubelet(
-            lab, net, hosts, mode, load_topology(st.topology), plan, st, pids, servers
-        )
+        kubelet = Kubelet(lab, net, hosts, mode, topo, plan, st, pids, servers)
         ops = {"sync": lambda req: kubelet.sync()}
         ctl = control.listen(lab)
         servers.watch(ctl, lambda: control.handle(ctl, lambda req: ops[req["op"]](req)))

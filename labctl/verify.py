@@ -16,9 +16,16 @@ from labctl.capture import CAPTURE_ROOT, Capture
 from labctl.checks.nat import outgoing_nat_checks
 from labctl.modes import get_mode
 from labctl.nsutil import nsenter_argv
-from labctl.plan import UNDERLAY_IF, Plan
+from labctl.plan import UNDERLAY_IF, Plan, flows_for
 from labctl.policy import checks as policy_checks
 from labctl.probe import Result, arp_table_fulls, probe
+from labctl.services.checks import (
+    cluster_ip_wire_check,
+    isolated_endpoints,
+    policy_allows,
+    service_checks,
+)
+from labctl.services.endpoints import compute_slices
 from labctl.store import PodRecord
 from labctl.topology import Topology, load_topology
 from labctl.wire import CheckResult, Flow
@@ -219,10 +226,30 @@ def verify(lab: str, with_mtu: bool = True) -> Report:
     nodes = [n.name for n in plan.node_ns()]
     cap.start({n: (pids[n], UNDERLAY_IF) for n in nodes}, outdir)
     fulls_before = arp_table_fulls()
+    # A pod answers only the protocols it declares ports for (topology pods: both on 80).
+    probed = {
+        proto: [p for p in pods if any(x.protocol == proto.upper() for x in p.ports)]
+        for proto in ("tcp", "udp")
+    }
+    infos = objects.pod_infos()
+    services = list(objects.services.values())
+    allowed = policy_allows(objects, mode.enforces_policy)
     try:
-        by_proto = {p: probe(pods, pids, p, expect=expect[p]) for p in ("tcp", "udp")}
+        by_proto = {p: probe(probed[p], pids, p, expect=expect[p]) for p in ("tcp", "udp")}
+        # Pod clients only while capturing: their DNATed packets are pod-to-pod flows.
+        svc_checks = service_checks(services, infos, pids, topo, allowed, externals=False)
     finally:
         pcaps = cap.stop()
+    # From outside, an isolated endpoint sees the client or a node address (SNAT), which
+    # only ipBlock peers can allow: those paths are the policy's business, not checked here.
+    outside = [s for s in services if not isolated_endpoints(s, objects, mode.enforces_policy)]
+    for s in services:
+        if s not in outside:
+            report.notes.append(
+                f"service {s.key}: NetworkPolicy isolates its endpoints, so NodePort and "
+                "externalIP paths from outside are not checked"
+            )
+    svc_checks += service_checks(outside, infos, pids, topo, allowed, pods_too=False)
     results = by_proto["tcp"] + by_proto["udp"]
     failures = sum(not r.ok for r in results)
     overflow = neighbour_check(fulls_before, arp_table_fulls(), failures)
@@ -235,10 +262,19 @@ def verify(lab: str, with_mtu: bool = True) -> Report:
                 c.name = c.name.replace("connectivity", "connectivity udp")
             report.add(c)
     # Pairs a policy blocks send nothing back: the wire is checked where both protocols pass.
-    open_pairs = {k for k, ok in expect["tcp"].items() if ok and expect["udp"][k]}
-    flows = [f for f in plan.flows if (f.src_pod, f.dst_pod) in open_pairs]
-    for c in wire_checks(flows, pcaps, topo.cluster.podCIDR, all_flows=plan.flows):
+    open_pairs = {k for k, ok in expect["tcp"].items() if ok and expect["udp"].get(k, True)}
+    all_flows = flows_for(pods, plan, topo)
+    flows = [f for f in all_flows if (f.src_pod, f.dst_pod) in open_pairs]
+    for c in wire_checks(flows, pcaps, topo.cluster.podCIDR, all_flows=all_flows):
         report.add(c)
+    for c in svc_checks:
+        report.add(c)
+    if services:
+        backends = {
+            ep.address for s in compute_slices(services, infos).values() for ep in s.endpoints
+        }
+        indexes = {node: checker.index_pcap(path) for node, path in pcaps.items()}
+        report.add(cluster_ip_wire_check(indexes, topo.cluster.serviceCIDR, backends))
     for c in checks.run(mode.checks, topo, plan, pids):
         report.add(c)
     for c in outgoing_nat_checks(topo, pods, pids):

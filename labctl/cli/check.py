@@ -89,76 +89,44 @@ def probe(lab: str | None, output: str, protocol: str, port: int | None) -> None
     """Probe every pod from every pod, in parallel; print the truth table (rows: sources,
     columns: destinations, '.' reachable, 'X' blocked) and compare it with what Kubernetes
     NetworkPolicy semantics say the mode should show. Exit 1 on any difference."""
-    from labctl.policy.checks import blocked_by_kubernetes, expected
-    from labctl.probe import default_port
+    from labctl.policy.checks import expected, probe_timeout, truth_table
     from labctl.probe import probe as run_probe
 
     lifecycle.check_environment()
     st = state.load(state.resolve(lab))
     objects = store.load(st.lab)
-    enforced = get_mode(st.mode).enforces_policy
-    expect = expected(objects, enforced, protocol, port)
-    pods = list(objects.pods.values())
+    mode = get_mode(st.mode)
+    expect = expected(objects, mode.enforces_policy, protocol, port)
     pids = {k: r.pid for k, r in st.namespaces.items()}
-    # A policy drop gives no answer: with blocked pairs expected, give up after 1 s, not 2.
-    timeout = 2.0 if all(expect.values()) else 1.0
+    pods = list(objects.pods.values())
     started = time.monotonic()
-    results = run_probe(pods, pids, protocol, port, timeout=timeout, expect=expect)
-    took = time.monotonic() - started
-    matrix: dict[str, dict[str, bool]] = {p.key: {} for p in pods}
-    for r in results:
-        matrix[r.src][r.dst] = r.ok
-    wrong = [r for r in results if r.ok != expect[(r.src, r.dst)]]
-    would_block = 0 if enforced else blocked_by_kubernetes(objects, protocol, port)
+    results = run_probe(pods, pids, protocol, port, timeout=probe_timeout(expect), expect=expect)
+    table = truth_table(objects, mode, protocol, port, expect, results, time.monotonic() - started)
     if output == "json":
-        emit_json(
-            {
-                "protocol": protocol,
-                "port": port or (default_port(pods[0], protocol) if pods else None),
-                "matrix": matrix,
-                "expected": {
-                    p.key: {q.key: expect[(p.key, q.key)] for q in pods if q.key != p.key}
-                    for p in pods
-                },
-                "enforcesPolicy": enforced,
-                "seconds": round(took, 3),
-                "mismatches": [
-                    {"src": r.src, "dst": r.dst, "observed": r.ok, "detail": r.detail}
-                    for r in wrong
-                ],
-            }
-        )
-        sys.exit(1 if wrong else 0)
-    keys = [p.key for p in pods]
+        emit_json(table.to_dict())
+        sys.exit(0 if table.passed else 1)
     t = Table(
         title=f"{protocol.upper()} probe {st.lab} ({st.mode}): rows from, columns to; "
         ". reachable, X blocked, ! differs from Kubernetes' answer",
         title_justify="left",
     )
     t.add_column("")
-    for k in keys:
+    for k in table.pods:
         t.add_column(k, justify="center")
-    for src in keys:
-        cells = []
-        for dst in keys:
-            if src == dst:
-                cells.append("-")
-                continue
-            seen = "." if matrix[src][dst] else "X"
-            cells.append(seen if matrix[src][dst] == expect[(src, dst)] else f"[red]{seen}![/red]")
-        t.add_row(src, *cells)
+    for src, cells in table.rows():
+        t.add_row(src, *(f"[red]{c}[/red]" if c.endswith("!") else c for c in cells))
     out.print(t)
-    for r in wrong:
-        want = "reachable" if expect[(r.src, r.dst)] else "blocked"
+    for d in table.differences:
+        want = "reachable" if d.expected else "blocked"
         out.print(
-            f"  [red]![/red] {r.src} -> {r.dst}: expected {want}, got {r.detail}", highlight=False
+            f"  [red]![/red] {d.src} -> {d.dst}: expected {want}, got {d.detail}", highlight=False
         )
-    if would_block:
-        out.print(
-            f"[yellow]note:[/yellow] {st.mode} does not enforce NetworkPolicy: Kubernetes would "
-            f"block {would_block} of these {len(results)} pairs",
-            highlight=False,
-        )
-    verdict = "[green]as expected[/green]" if not wrong else f"[red]{len(wrong)} differ[/red]"
-    out.print(f"{len(results)} pairs in {took:.2f}s, {verdict}")
-    sys.exit(1 if wrong else 0)
+    if table.note:
+        out.print(f"[yellow]note:[/yellow] {table.note}", highlight=False)
+    verdict = (
+        "[green]as expected[/green]"
+        if table.passed
+        else f"[red]{len(table.differences)} differ[/red]"
+    )
+    out.print(f"{table.pairs} pairs in {table.seconds:.2f}s, {verdict}")
+    sys.exit(0 if table.passed else 1)

@@ -18,6 +18,7 @@ from labctl.features import BadDatapath, MissingFeature
 from labctl.k8s.manifests import ManifestError
 from labctl.modes import UnknownModeError
 from labctl.policy.apply import PolicyApplyError
+from labctl.services.apply import ProxyApplyError, ProxyModeError
 from labctl.state import LabError
 from labctl.topology import TopologyError
 
@@ -46,8 +47,10 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except (TopologyError, UnknownModeError, BadDatapath, ManifestError, ObjectError) as e:
             fail(str(e), 2)
-        except (PolicyApplyError, ControlError) as e:
+        except (PolicyApplyError, ControlError, ProxyApplyError) as e:
             fail(str(e), 1)
+        except ProxyModeError as e:
+            fail(str(e), e.exit_code)
         except LabError as e:
             fail(str(e), getattr(e, "exit_code", 2))
         except (lifecycle.EnvironmentProblem, MissingFeature) as e:

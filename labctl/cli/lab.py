@@ -12,6 +12,7 @@ from labctl import lifecycle, state, store
 from labctl.cli.common import NAME, OUTPUT, emit_json, err, guarded, out
 from labctl.features import resolve_datapath
 from labctl.modes import DATAPATHS, MODES, get_mode
+from labctl.services.apply import PROXY_MODES, check_proxy_mode
 from labctl.state import LabError
 from labctl.topology import load_topology, resolve_path
 
@@ -67,11 +68,22 @@ def modes(output: str) -> None:
     help="For modes that need a kernel device this kernel may lack (ipip): kernel, "
     "userspace (TUN + raw socket, same bytes on the wire), or auto.",
 )
+@click.option(
+    "--proxy-mode",
+    type=click.Choice(PROXY_MODES),
+    default="nftables",
+    show_default=True,
+    help="kube-proxy's mode on every node: nftables (the kube-proxy table) or iptables "
+    "(KUBE-* chains); ipvs only where the kernel has IPVS.",
+)
 @OUTPUT
 @guarded
-def up(mode: str, topology: str, lab: str | None, datapath: str, output: str) -> None:
+def up(
+    mode: str, topology: str, lab: str | None, datapath: str, proxy_mode: str, output: str
+) -> None:
     """Build a lab in MODE and wait until it is ready; the lab keeps running."""
     m = get_mode(mode)
+    check_proxy_mode(proxy_mode)
     path = resolve_path(topology)
     topo = load_topology(path)
     lab = state.check_lab_name(lab or topo.name)
@@ -80,11 +92,18 @@ def up(mode: str, topology: str, lab: str | None, datapath: str, output: str) ->
     notes = [why] if why else []
     started = time.monotonic()
     if output == "json":
-        st = lifecycle.up(lab, m, path, topo, lambda _: None, chosen, notes)
+        st = lifecycle.up(lab, m, path, topo, lambda _: None, chosen, notes, proxy_mode)
     else:
         with out.status(f"bringing up {lab} ({m.name})") as status:
             st = lifecycle.up(
-                lab, m, path, topo, lambda p: status.update(f"{lab}: {p}"), chosen, notes
+                lab,
+                m,
+                path,
+                topo,
+                lambda p: status.update(f"{lab}: {p}"),
+                chosen,
+                notes,
+                proxy_mode,
             )
     took = time.monotonic() - started
     if output == "json":
@@ -93,6 +112,7 @@ def up(mode: str, topology: str, lab: str | None, datapath: str, output: str) ->
                 "lab": lab,
                 "mode": m.name,
                 "datapath": st.datapath,
+                "proxyMode": st.proxy_mode,
                 "seconds": round(took, 3),
                 "warnings": st.warnings,
                 "notes": st.notes,
@@ -189,6 +209,7 @@ def _status_doc(lab: str) -> dict[str, Any]:
         "topology": st.topology_name,
         "status": st.status,
         "datapath": st.datapath,
+        "proxyMode": st.proxy_mode,
         "readySeconds": st.ready_after,
         "warnings": st.warnings,
         "notes": st.notes,

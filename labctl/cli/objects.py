@@ -40,6 +40,12 @@ def _report(outcome: Outcome) -> None:
         err.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
     if outcome.pods_seconds is not None:
         err.print(f"pods wired by the node agents in {outcome.pods_seconds * 1000:.0f} ms")
+    if outcome.proxy_seconds is not None and outcome.lines:
+        err.print(
+            f"kube-proxy rules loaded on every node in {outcome.proxy_seconds * 1000:.0f} ms "
+            f"({outcome.proxy_rules} rules)",
+            highlight=False,
+        )
     if outcome.enforced_seconds is not None:
         err.print(
             f"enforced on every node in {outcome.enforced_seconds * 1000:.0f} ms "
@@ -53,8 +59,8 @@ def _report(outcome: Outcome) -> None:
 @FILES
 @guarded
 def apply(lab: str | None, files: tuple[str, ...]) -> None:
-    """Create or update Pods, Deployments and NetworkPolicies from manifests (multi-document
-    YAML). Nothing is applied if any document is invalid."""
+    """Create or update Pods, Deployments, Services and NetworkPolicies from manifests
+    (multi-document YAML). Nothing is applied if any document is invalid."""
     objs = _objects(files)  # validated before the lab is touched
     lifecycle.check_environment()
     _report(apiserver.apply(state.resolve(lab), objs))
@@ -86,8 +92,8 @@ def delete(lab: str | None, files: tuple[str, ...], ignore_not_found: bool) -> N
 def get(
     lab: str | None, resource: str, namespace: str | None, all_namespaces: bool, output: str
 ) -> None:
-    """List the lab's objects, like kubectl get (RESOURCE: pods, deployments,
-    networkpolicies; short names po, deploy, netpol)."""
+    """List the lab's objects, like kubectl get (RESOURCE: pods, deployments, services,
+    endpointslices, networkpolicies; short names po, deploy, svc, netpol)."""
     kind = apiserver.resource(resource)
     ns = None if all_namespaces else (namespace or "default")
     items = apiserver.get(state.resolve(lab), kind, ns)
@@ -132,6 +138,24 @@ def _replicas(item: dict[str, Any]) -> str:
     return f"{item['status']['readyReplicas']}/{item['spec'].get('replicas', 1)}"
 
 
+def _service_ports(item: dict[str, Any]) -> str:
+    ports = []
+    for p in item["spec"]["ports"]:
+        node = f":{p['nodePort']}" if p.get("nodePort") else ""
+        ports.append(f"{p['port']}{node}/{p.get('protocol', 'TCP')}")
+    return ",".join(ports)
+
+
+def _endpoints(item: dict[str, Any]) -> str:
+    addrs = [a for e in item.get("endpoints") or [] for a in e["addresses"]]
+    more = f" + {len(addrs) - 3} more..." if len(addrs) > 3 else ""
+    return ",".join(addrs[:3]) + more if addrs else "<unset>"
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in labels.items()) or "<none>"
+
+
 #: Per resource, kubectl's columns: (header, cell, shown only with -o wide).
 COLUMNS: dict[str, list[tuple[str, Callable[[dict[str, Any]], str], bool]]] = {
     "networkpolicies": [
@@ -148,6 +172,26 @@ COLUMNS: dict[str, list[tuple[str, Callable[[dict[str, Any]], str], bool]]] = {
         ("AGE", _created, False),
         ("IP", lambda i: str(i["status"]["podIP"]), True),
         ("NODE", lambda i: str(i["spec"]["nodeName"]), True),
+    ],
+    "services": [
+        ("NAME", _name, False),
+        ("TYPE", lambda i: str(i["spec"]["type"]), False),
+        ("CLUSTER-IP", lambda i: str(i["spec"].get("clusterIP", "<none>")), False),
+        ("EXTERNAL-IP", lambda i: ",".join(i["spec"].get("externalIPs", [])) or "<none>", False),
+        ("PORT(S)", _service_ports, False),
+        ("AGE", _created, False),
+        ("SELECTOR", lambda i: _labels(i["spec"].get("selector") or {}), True),
+    ],
+    "endpointslices": [
+        ("NAME", _name, False),
+        ("ADDRESSTYPE", lambda i: str(i["addressType"]), False),
+        (
+            "PORTS",
+            lambda i: ",".join(str(p["port"]) for p in i.get("ports") or []) or "<unset>",
+            False,
+        ),
+        ("ENDPOINTS", _endpoints, False),
+        ("AGE", _created, False),
     ],
     "deployments": [
         ("NAME", _name, False),

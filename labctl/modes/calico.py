@@ -51,9 +51,11 @@ from labctl.plan import (
     Route,
     base_plan,
     cross_node_flows,
+    node_paths,
     stable_mac,
     underlay_mac,
 )
+from labctl.render import render
 from labctl.topology import Topology, TopologyError
 from labctl.wire import WireSpec
 
@@ -415,6 +417,8 @@ def plan_calico(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
         mode.network.node(plan, ns, topo, node, pod_mtu)
         for pod in topo.pods_on(node):
             mode.network.pod(plan, ns, pod, topo, pod_mtu, topo.pod_ips[pod.key])
+        # The default IP pool has natOutgoing: true: pods reach the outside as their node.
+        ns.netfilter = render("calico-nat-outgoing.j2", node=node, pool=topo.cluster.podCIDR)
         if encap.per_peer is not None:
             # Felix owns the routes: the blackhole is its too (BGP mode: FRR's staticd).
             ns.routes.append(Route(dst=str(blocks[node]), type="blackhole", proto=FELIX_PROTO))
@@ -433,6 +437,7 @@ def plan_calico(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
     by_name = {node: {p.name: p for p in ps} for node, ps in peers.items()}
 
     plan.flows = cross_node_flows(topo, lambda a, b: encap.encap_for(by_name[a][b]))
+    plan.paths = node_paths(topo, lambda a, b: encap.encap_for(by_name[a][b]))
     return plan
 
 

@@ -27,6 +27,7 @@ from labctl.plan import (
     Route,
     base_plan,
     cross_node_flows,
+    node_paths,
     peers_of,
     stable_mac,
     underlay_mac,
@@ -268,6 +269,7 @@ def plan_flannel(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
             backend.per_peer(ns, peer)
 
     plan.flows = cross_node_flows(topo, lambda a, b: backend.encap_for(peers[a][b]))
+    plan.paths = node_paths(topo, lambda a, b: backend.encap_for(peers[a][b]))
     return plan
 
 

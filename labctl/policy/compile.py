@@ -31,7 +31,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address, collapse_addresses
 from typing import Any, Literal
 
@@ -68,11 +68,18 @@ _IFACE = re.compile(IFACE_PREFIX + r"[A-Za-z0-9_.-]{1,11}\Z")
 _MAX_COMMENT = 127
 
 Direction = Literal["ingress", "egress"]
+DIRECTIONS: tuple[Direction, ...] = ("ingress", "egress")
 _PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 _SET_ACCEPT = f"meta mark set meta mark | 0x{ACCEPT_MARK:08x} return"
 _CLEAR = f"meta mark set meta mark & 0x{CLEAR_MARKS:08x}"
 _IF_ACCEPTED = f"meta mark & 0x{ACCEPT_MARK:08x} == 0x{ACCEPT_MARK:08x} return"
+# Per direction: its dispatch chain (and verdict map of the same name) and the interface that
+# names the pod, in the order filter-cali-FORWARD consults them (the source's egress first).
+_DISPATCH: tuple[tuple[Direction, str, str], ...] = (
+    ("egress", FROM_DISPATCH, "iifname"),
+    ("ingress", TO_DISPATCH, "oifname"),
+)
 
 
 @dataclass(frozen=True)
@@ -122,17 +129,6 @@ class NftSet:
     def quoted_comment(self) -> str:
         """The comment as an nft string literal."""
         return _quote(self.comment)
-
-
-@dataclass
-class _Sets:
-    """The named sets one node's rules reference, deduplicated by name."""
-
-    by_name: dict[str, NftSet] = field(default_factory=dict)
-
-    def add(self, s: NftSet) -> str:
-        self.by_name.setdefault(s.name, s)
-        return s.name
 
 
 def _quote(text: str) -> str:
@@ -193,66 +189,117 @@ def namespace_labels(namespaces: Mapping[str, Mapping[str, str]], ns: str) -> di
     return {"kubernetes.io/metadata.name": ns, **namespaces.get(ns, {})}
 
 
-def peer_pods(
-    peer: NetworkPolicyPeer,
-    policy_ns: str,
-    namespaces: Mapping[str, Mapping[str, str]],
-    pods: Iterable[PodInfo],
-) -> list[PodInfo]:
-    """The pods a selector peer matches: podSelector alone is confined to the policy's namespace,
-    namespaceSelector alone takes every pod of the matching namespaces, both together AND."""
-    out = []
-    for pod in pods:
-        if peer.namespaceSelector is None:
-            if pod.namespace != policy_ns:
+class _Cluster:
+    """The objects every node's table is compiled from, and the work all nodes share.
+
+    Peer sets, named-port sets and policy chains are the same on every node, so each is built
+    once per compile, not once per node. Selectors are matched once per group of pods with the
+    same namespace and labels (the replicas of one app share theirs), not once per pod.
+    """
+
+    def __init__(
+        self,
+        policies: Sequence[NetworkPolicy],
+        namespaces: Mapping[str, Mapping[str, str]],
+        pods: Sequence[PodInfo],
+    ) -> None:
+        self.policies = sorted(policies, key=lambda p: (p.metadata.namespace, p.metadata.name))
+        self.pods = sorted(pods, key=lambda p: (p.namespace, p.name))
+        self.namespaces = namespaces
+        groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[PodInfo]] = {}
+        for pod in self.pods:
+            groups.setdefault((pod.namespace, tuple(sorted(pod.labels.items()))), []).append(pod)
+        self._groups: dict[str, list[list[PodInfo]]] = {}
+        for (ns, _), group in groups.items():
+            self._groups.setdefault(ns, []).append(group)
+        self._addresses = {p.ip: IPv4Address(p.ip) for p in self.pods if p.ip}
+        self._sets: dict[str, NftSet] = {}
+        self._chains: dict[tuple[int, Direction], tuple[Chain, dict[str, NftSet]]] = {}
+        #: Per direction: pod key -> indexes into `policies` of the policies isolating the pod.
+        self.isolating = {d: self._isolating(d) for d in DIRECTIONS}
+
+    def _isolating(self, direction: Direction) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for index, policy in enumerate(self.policies):
+            if direction.capitalize() not in policy.spec.effective_types():
                 continue
-        elif not peer.namespaceSelector.matches(namespace_labels(namespaces, pod.namespace)):
-            continue
-        if peer.podSelector is None or peer.podSelector.matches(pod.labels):
-            out.append(pod)
-    return out
+            for group in self._groups.get(policy.metadata.namespace, []):
+                if policy.spec.podSelector.matches(group[0].labels):
+                    for pod in group:
+                        out.setdefault(pod.key, []).append(index)
+        return out
 
+    def peer_pods(self, peer: NetworkPolicyPeer, policy_ns: str) -> list[PodInfo]:
+        """The pods a selector peer matches: podSelector alone is confined to the policy's
+        namespace, namespaceSelector alone takes every pod of the matching namespaces, both
+        together AND."""
+        if peer.namespaceSelector is None:
+            groups = self._groups.get(policy_ns, [])
+        else:
+            selector = peer.namespaceSelector
+            groups = [
+                group
+                for ns, in_ns in self._groups.items()
+                if selector.matches(namespace_labels(self.namespaces, ns))
+                for group in in_ns
+            ]
+        return [
+            pod
+            for group in groups
+            if peer.podSelector is None or peer.podSelector.matches(group[0].labels)
+            for pod in group
+        ]
 
-def _selector_set(
-    peer: NetworkPolicyPeer,
-    policy_ns: str,
-    namespaces: Mapping[str, Mapping[str, str]],
-    pods: Sequence[PodInfo],
-) -> NftSet:
-    if peer.namespaceSelector is None:
-        scope: Any = {"namespace": policy_ns}
-        where = f"ns {policy_ns}"
-    else:
-        scope = {"namespaces": _selector_key(peer.namespaceSelector)}
-        where = f"ns [{peer.namespaceSelector.describe() or 'all'}]"
-    key = json.dumps({**scope, "pods": _selector_key(peer.podSelector)}, sort_keys=True)
-    what = peer.podSelector.describe() if peer.podSelector is not None else ""
-    ips = {IPv4Address(p.ip) for p in peer_pods(peer, policy_ns, namespaces, pods) if p.ip}
-    return NftSet(
-        name=f"cali40s-{_digest(key)}",
-        type="ipv4_addr",
-        elements=tuple(str(ip) for ip in sorted(ips)),
-        interval=True,
-        comment=f"{where} pods [{what or 'all'}]",
-    )
+    def selector_set(self, peer: NetworkPolicyPeer, policy_ns: str) -> NftSet:
+        """The set of pod IPs a selector peer matches, shared by every peer selecting alike."""
+        if peer.namespaceSelector is None:
+            scope: Any = {"namespace": policy_ns}
+            where = f"ns {policy_ns}"
+        else:
+            scope = {"namespaces": _selector_key(peer.namespaceSelector)}
+            where = f"ns [{peer.namespaceSelector.describe() or 'all'}]"
+        key = json.dumps({**scope, "pods": _selector_key(peer.podSelector)}, sort_keys=True)
+        name = f"cali40s-{_digest(key)}"
+        if name not in self._sets:
+            what = peer.podSelector.describe() if peer.podSelector is not None else ""
+            ips = {self._addresses[p.ip] for p in self.peer_pods(peer, policy_ns) if p.ip}
+            self._sets[name] = NftSet(
+                name=name,
+                type="ipv4_addr",
+                elements=tuple(str(ip) for ip in sorted(ips)),
+                interval=True,
+                comment=f"{where} pods [{what or 'all'}]",
+            )
+        return self._sets[name]
 
+    def named_port_set(self, port_name: str, protocol: str) -> NftSet:
+        """Every pod's `ip . proto . port` for its container port `port_name`/`protocol`."""
+        name = f"cali40n-{_digest(json.dumps([port_name, protocol]))}"
+        if name not in self._sets:
+            elements = {
+                (self._addresses[pod.ip], p.port)
+                for pod in self.pods
+                if pod.ip
+                for p in pod.ports
+                if p.name == port_name and p.protocol.upper() == protocol
+            }
+            proto = protocol.lower()
+            self._sets[name] = NftSet(
+                name=name,
+                type="ipv4_addr . inet_proto . inet_service",
+                elements=tuple(f"{ip} . {proto} . {port}" for ip, port in sorted(elements)),
+                comment=f"named port {proto}/{port_name}",
+            )
+        return self._sets[name]
 
-def _named_port_set(name: str, protocol: str, pods: Sequence[PodInfo]) -> NftSet:
-    """Every pod's `ip . proto . port` for its container port `name`/`protocol`."""
-    elements = set()
-    for pod in pods:
-        if not pod.ip:
-            continue
-        for p in pod.ports:
-            if p.name == name and p.protocol.upper() == protocol:
-                elements.add((IPv4Address(pod.ip), p.port))
-    proto = protocol.lower()
-    return NftSet(
-        name=f"cali40n-{_digest(json.dumps([name, protocol]))}",
-        type="ipv4_addr . inet_proto . inet_service",
-        elements=tuple(f"{ip} . {proto} . {port}" for ip, port in sorted(elements)),
-        comment=f"named port {proto}/{name}",
-    )
+    def policy_chain(self, index: int, direction: Direction) -> tuple[Chain, dict[str, NftSet]]:
+        """The chain of `policies[index]` in `direction`, and the named sets its rules use."""
+        if (index, direction) not in self._chains:
+            policy = self.policies[index]
+            used: dict[str, NftSet] = {}
+            rules = _policy_rules(policy, direction, self, used)
+            self._chains[(index, direction)] = (Chain(policy_chain(policy, direction), rules), used)
+        return self._chains[(index, direction)]
 
 
 def _elements(items: Sequence[str]) -> str:
@@ -263,9 +310,8 @@ def _peer_matches(
     peers: Sequence[NetworkPolicyPeer],
     direction: Direction,
     policy_ns: str,
-    namespaces: Mapping[str, Mapping[str, str]],
-    pods: Sequence[PodInfo],
-    sets: _Sets,
+    cluster: _Cluster,
+    used: dict[str, NftSet],
 ) -> list[str]:
     """One match per peer (ORed by being separate rules); [""] (any) for an empty list."""
     if not peers:
@@ -281,8 +327,9 @@ def _peer_matches(
             if excepts:
                 match += f" {addr} != {{ {', '.join(excepts)} }}"
         else:
-            name = sets.add(_selector_set(peer, policy_ns, namespaces, pods))
-            match = f"{addr} @{name}"
+            s = cluster.selector_set(peer, policy_ns)
+            used[s.name] = s
+            match = f"{addr} @{s.name}"
         if match not in out:
             out.append(match)
     return out
@@ -299,7 +346,7 @@ def _merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _port_matches(
-    ports: Sequence[NetworkPolicyPort], pods: Sequence[PodInfo], sets: _Sets
+    ports: Sequence[NetworkPolicyPort], cluster: _Cluster, used: dict[str, NftSet]
 ) -> list[str]:
     """Matches for a rule's port list, one per protocol (numbers and ranges merged into one
     anonymous set) plus one per named port; [""] (any protocol, any port) for an empty list."""
@@ -327,18 +374,15 @@ def _port_matches(
     for name, proto in sorted(named, key=lambda n: (_PROTOCOLS.index(n[1]), n[0])):
         if proto in all_ports:
             continue  # already allowed by the protocol-only entry
-        set_name = sets.add(_named_port_set(name, proto, pods))
+        s = cluster.named_port_set(name, proto)
+        used[s.name] = s
         # Named ports resolve on the destination pod, in both directions.
-        out.append(f"ip daddr . meta l4proto . th dport @{set_name}")
+        out.append(f"ip daddr . meta l4proto . th dport @{s.name}")
     return out
 
 
 def _policy_rules(
-    policy: NetworkPolicy,
-    direction: Direction,
-    namespaces: Mapping[str, Mapping[str, str]],
-    pods: Sequence[PodInfo],
-    sets: _Sets,
+    policy: NetworkPolicy, direction: Direction, cluster: _Cluster, used: dict[str, NftSet]
 ) -> tuple[Rule, ...]:
     """The rules of a policy chain: every (peer, port) pair of every Kubernetes rule sets the
     accept mark and returns. No rules (e.g. `ingress: []`) leaves the pod to the tier drop."""
@@ -350,8 +394,8 @@ def _policy_rules(
     out: list[Rule] = []
     seen: set[str] = set()
     for index, (peers, ports) in enumerate(k8s_rules):
-        peer_matches = _peer_matches(peers, direction, ns, namespaces, pods, sets)
-        port_matches = _port_matches(ports, pods, sets)
+        peer_matches = _peer_matches(peers, direction, ns, cluster, used)
+        port_matches = _port_matches(ports, cluster, used)
         for peer in peer_matches:
             for port in port_matches:
                 body = " ".join(x for x in (peer, port, _SET_ACCEPT) if x)
@@ -361,24 +405,15 @@ def _policy_rules(
     return tuple(out)
 
 
-def selects(policy: NetworkPolicy, pod: PodInfo, direction: Direction) -> bool:
-    """Whether `policy` isolates `pod` in `direction` (same namespace, podSelector, types)."""
-    return (
-        policy.metadata.namespace == pod.namespace
-        and direction.capitalize() in policy.spec.effective_types()
-        and policy.spec.podSelector.matches(pod.labels)
-    )
-
-
 def _endpoint_rules(
-    pod: PodInfo, direction: Direction, policies: Sequence[NetworkPolicy]
+    pod: PodInfo, direction: Direction, chosen: Sequence[NetworkPolicy]
 ) -> tuple[Rule, ...]:
+    """A pod's endpoint chain: the policies isolating it in `direction`, else its profile."""
     rules = [
         Rule("ct state established,related accept", f"pod {pod.key}"),
         Rule("ct state invalid drop"),
         Rule(_CLEAR),
     ]
-    chosen = [p for p in policies if selects(p, pod, direction)]
     if chosen:
         for policy in chosen:
             rules.append(Rule(f"jump {policy_chain(policy, direction)}"))
@@ -415,60 +450,40 @@ def local_endpoints(node: str, pods: Iterable[PodInfo]) -> list[PodInfo]:
     return local
 
 
-def compile_node(
-    node: str,
-    policies: Sequence[NetworkPolicy],
-    namespaces: Mapping[str, Mapping[str, str]],
-    pods: Sequence[PodInfo],
-) -> NodeRuleset:
-    """Compile the policy table of `node`.
-
-    `pods` are all pods of the cluster (peer sets look at remote pods too); only pods on `node`
-    with a host interface get endpoint chains. `namespaces` maps a name to its labels.
-    """
-    policies = sorted(policies, key=lambda p: (p.metadata.namespace, p.metadata.name))
-    pods = sorted(pods, key=lambda p: (p.namespace, p.name))
-    local = local_endpoints(node, pods)
-    directions: tuple[Direction, ...] = ("ingress", "egress")
-
-    sets = _Sets()
+def _compile(node: str, cluster: _Cluster) -> NodeRuleset:
+    local = local_endpoints(node, cluster.pods)
+    sets: dict[str, NftSet] = {}
     profiles: list[Chain] = []
     policy_chains: list[Chain] = []
     endpoints: list[Chain] = []
-    for direction in directions:
-        used = {p.namespace for p in local if not any(selects(x, p, direction) for x in policies)}
+    for direction in DIRECTIONS:
+        isolating = cluster.isolating[direction]
+        unisolated = {p.namespace for p in local if p.key not in isolating}
         profiles += [
             # The Kubernetes default for a pod no policy isolates: allow everything.
             Chain(profile_chain(ns, direction), (Rule(_SET_ACCEPT),))
-            for ns in sorted(used)
+            for ns in sorted(unisolated)
         ]
-        for policy in policies:
-            if any(selects(policy, p, direction) for p in local):
-                rules = _policy_rules(policy, direction, namespaces, pods, sets)
-                policy_chains.append(Chain(policy_chain(policy, direction), rules))
+        # Only the policies that isolate a local pod; by index, i.e. in namespace/name order.
+        for index in sorted({i for p in local for i in isolating.get(p.key, ())}):
+            chain, used = cluster.policy_chain(index, direction)
+            policy_chains.append(chain)
+            sets.update(used)
     for pod in local:
-        for direction in directions:
-            endpoints.append(
-                Chain(
-                    endpoint_chain(pod.iface, direction), _endpoint_rules(pod, direction, policies)
-                )
-            )
+        for direction in DIRECTIONS:
+            chosen = [cluster.policies[i] for i in cluster.isolating[direction].get(pod.key, ())]
+            rules = _endpoint_rules(pod, direction, chosen)
+            endpoints.append(Chain(endpoint_chain(pod.iface, direction), rules))
 
     maps = [
         NftSet(
-            name=FROM_DISPATCH,
+            name=dispatch,
             type="ifname : verdict",
             elements=tuple(
-                f'"{p.iface}" : goto {endpoint_chain(p.iface, "egress")}' for p in local
+                f'"{p.iface}" : goto {endpoint_chain(p.iface, direction)}' for p in local
             ),
-        ),
-        NftSet(
-            name=TO_DISPATCH,
-            type="ifname : verdict",
-            elements=tuple(
-                f'"{p.iface}" : goto {endpoint_chain(p.iface, "ingress")}' for p in local
-            ),
-        ),
+        )
+        for direction, dispatch, _ in _DISPATCH
     ]
     plumbing = [
         Chain(
@@ -480,17 +495,12 @@ def compile_node(
             CALI_FORWARD,
             (
                 Rule(_CLEAR),
-                Rule(f'iifname "{IFACE_PREFIX}*" jump {FROM_DISPATCH}'),
-                Rule(f'oifname "{IFACE_PREFIX}*" jump {TO_DISPATCH}'),
+                *(Rule(f'{iface} "{IFACE_PREFIX}*" jump {d}') for _, d, iface in _DISPATCH),
             ),
         ),
-        Chain(
-            FROM_DISPATCH,
-            (Rule(f"iifname vmap @{FROM_DISPATCH}"), Rule("drop", "Unknown interface")),
-        ),
-        Chain(
-            TO_DISPATCH,
-            (Rule(f"oifname vmap @{TO_DISPATCH}"), Rule("drop", "Unknown interface")),
+        *(
+            Chain(d, (Rule(f"{iface} vmap @{d}"), Rule("drop", "Unknown interface")))
+            for _, d, iface in _DISPATCH
         ),
     ]
     # In packet order, as a student follows it (nft resolves forward references in one file).
@@ -499,7 +509,7 @@ def compile_node(
         TEMPLATE,
         node=node,
         table=TABLE,
-        sets=[sets.by_name[n] for n in sorted(sets.by_name)],
+        sets=[sets[n] for n in sorted(sets)],
         maps=maps,
         chains=chains,
     )
@@ -512,14 +522,29 @@ def compile_node(
     )
 
 
+def compile_node(
+    node: str,
+    policies: Sequence[NetworkPolicy],
+    namespaces: Mapping[str, Mapping[str, str]],
+    pods: Sequence[PodInfo],
+) -> NodeRuleset:
+    """Compile the policy table of `node`.
+
+    `pods` are all pods of the cluster (peer sets look at remote pods too); only pods on `node`
+    with a host interface get endpoint chains. `namespaces` maps a name to its labels.
+    """
+    return _compile(node, _Cluster(policies, namespaces, pods))
+
+
 def compile_all(
     nodes: Sequence[str],
     policies: Sequence[NetworkPolicy],
     namespaces: Mapping[str, Mapping[str, str]],
     pods: Sequence[PodInfo],
 ) -> dict[str, NodeRuleset]:
-    """`compile_node` for every node, keyed by node name."""
-    return {node: compile_node(node, policies, namespaces, pods) for node in nodes}
+    """`compile_node` for every node, keyed by node name (what the nodes share is built once)."""
+    cluster = _Cluster(policies, namespaces, pods)
+    return {node: _compile(node, cluster) for node in nodes}
 
 
 def teardown_text() -> str:

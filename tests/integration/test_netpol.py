@@ -17,11 +17,13 @@ from pydantic import BaseModel
 
 from labctl import apiserver, state, store
 from labctl.k8s.manifests import Document, parse_objects
+from labctl.policy.compile import TABLE, endpoint_chain
 from labctl.probe import probe
 from labctl.topology import load_topology
 
 from ..netpol_cases import (
     CASES,
+    DENY_INGRESS_X,
     SEED_CASES,
     Apply,
     Case,
@@ -89,6 +91,41 @@ def xyz_lab(request: pytest.FixtureRequest) -> Iterator[str]:
 def test_upstream_case(xyz_lab: str, case: Case) -> None:
     failures = run_case(xyz_lab, case)
     assert not failures, "\n".join(failures)
+
+
+def test_verify_notices_a_tampered_policy_table(xyz_lab: str) -> None:
+    """verify compares each node's kernel table with the compiled one, rule by rule: flushing
+    one endpoint chain keeps every chain name and dispatched interface, yet fails the node's
+    "policy table" check (and probe sees the pairs it opened); a reset restores the table."""
+    topo = load_topology("netpol-xyz")
+    apiserver.reset(xyz_lab, topo)
+    try:
+        labctl("apply", "-n", xyz_lab, "-f", "-", stdin=DENY_INGRESS_X)
+        target = store.load(xyz_lab).pods["x/a"]
+        # x/a's ingress: the chain that jumps to the deny policy and then drops.
+        chain = endpoint_chain(target.iface, "ingress")
+        labctl(
+            "exec", "-n", xyz_lab, target.node, "--", "nft", "flush", "chain", "ip", TABLE, chain
+        )
+
+        report = labctl_json("verify", "-n", xyz_lab, "--no-mtu", check=1)
+        tables = {c["name"]: c for c in report["checks"] if c["name"].startswith("policy table")}
+        assert set(tables) == {f"policy table {n}" for n in topo.nodes}
+        assert not tables[f"policy table {target.node}"]["passed"]
+        assert (
+            f"chain {chain} has 0 rules, compiled 6"
+            in tables[f"policy table {target.node}"]["detail"]
+        )
+        assert all(c["passed"] for name, c in tables.items() if not name.endswith(target.node))
+
+        # With its ingress chain empty, x/a answers everyone the deny policy blocks.
+        doc = labctl_json("probe", "-n", xyz_lab, check=1)
+        others = {p.key for p in topo.pods} - {"x/a"}
+        assert {(m["src"], m["dst"]) for m in doc["mismatches"]} == {(k, "x/a") for k in others}
+    finally:
+        apiserver.reset(xyz_lab, topo)
+    report = labctl_json("verify", "-n", xyz_lab, "--no-mtu")
+    assert report["passed"], [c for c in report["checks"] if not c["passed"]]
 
 
 @pytest.fixture(scope="module", params=(*ENFORCING, "flannel-vxlan"))

@@ -1,8 +1,14 @@
-"""Lookups into a NamespacePlan that the planner tests share."""
+"""What the planner and routing-check tests share: cached topologies and plans, and lookups
+into a NamespacePlan."""
 
 from __future__ import annotations
 
-from labctl.plan import Link, NamespacePlan, Route
+from functools import cache
+from ipaddress import IPv4Network
+
+from labctl.modes import get_mode
+from labctl.plan import Link, NamespacePlan, Plan, Route
+from labctl.topology import Topology, load_topology
 
 
 def link(ns: NamespacePlan, name: str) -> Link:
@@ -20,3 +26,21 @@ def route_to(ns: NamespacePlan, dst: str) -> Route:
     """The one route to `dst` (fails if there are none or several)."""
     (found,) = [r for r in ns.routes if r.dst == dst]
     return found
+
+
+@cache
+def topo(name: str) -> Topology:
+    """The named topology, loaded once per test session."""
+    return load_topology(name)
+
+
+@cache
+def plan(mode: str, topology: str, datapath: str = "userspace") -> Plan:
+    """`mode`'s plan for the named topology, built once per test session."""
+    return get_mode(mode).plan(topo(topology), datapath)
+
+
+def block(t: Topology, node: str) -> str:
+    """The first /26 of the node's pod CIDR, computed here without the planner."""
+    cidr = t.node_pod_cidrs[node]
+    return str(IPv4Network(f"{cidr.network_address}/26"))

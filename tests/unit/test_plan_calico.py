@@ -10,7 +10,6 @@ with neighbour + FDB + ``via <tunnel IP> onlink`` per peer, BGP full mesh or ref
 
 from __future__ import annotations
 
-from functools import cache
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -19,9 +18,9 @@ import pytest
 from labctl import bgp
 from labctl.modes import calico, get_mode
 from labctl.plan import Plan
-from labctl.topology import Topology, TopologyError, load_topology, parse_topology
+from labctl.topology import TopologyError, parse_topology
 
-from .plan_helpers import addrs, link, route_to
+from .plan_helpers import addrs, block, link, plan, route_to, topo
 
 BGP = "calico-bgp"
 IPIP = "calico-ipip"
@@ -31,22 +30,6 @@ VXLAN_CS = "calico-vxlan-crosssubnet"
 MODES = (BGP, IPIP, IPIP_CS, VXLAN, VXLAN_CS)
 FELIX_MODES = (IPIP, IPIP_CS, VXLAN, VXLAN_CS)
 TOPOLOGIES = ("default", "cross-subnet", "leaf-spine", "leaf-spine-no-bgp", "route-reflector")
-
-
-@cache
-def topo(name: str) -> Topology:
-    return load_topology(name)
-
-
-@cache
-def plan(mode: str, topology: str, datapath: str = "userspace") -> Plan:
-    return get_mode(mode).plan(topo(topology), datapath)
-
-
-def block(t: Topology, node: str) -> str:
-    """The first /26 of the node's pod CIDR, computed here without the planner."""
-    cidr = t.node_pod_cidrs[node]
-    return str(IPv4Network(f"{cidr.network_address}/26"))
 
 
 # ---------------------------------------------------------------- catalogue

@@ -4,37 +4,19 @@ missing, when a session, a route or a Felix route is not there."""
 
 from __future__ import annotations
 
-from functools import cache
-from ipaddress import IPv4Network
 from typing import Any
 
 import pytest
 
 from labctl import frr
 from labctl.checks import routing
-from labctl.modes import get_mode
 from labctl.plan import Plan, Route
-from labctl.topology import Topology, load_topology
 from labctl.wire import CheckResult
+
+from .plan_helpers import block, plan, topo
 
 BGP = "calico-bgp"
 FELIX_MODES = ("calico-ipip", "calico-ipip-crosssubnet", "calico-vxlan", "calico-vxlan-crosssubnet")
-
-
-@cache
-def topo(name: str) -> Topology:
-    return load_topology(name)
-
-
-@cache
-def plan(mode: str, topology: str, datapath: str = "userspace") -> Plan:
-    return get_mode(mode).plan(topo(topology), datapath)
-
-
-def block(t: Topology, node: str) -> str:
-    """The first /26 of the node's pod CIDR, computed here without the planner."""
-    cidr = t.node_pod_cidrs[node]
-    return str(IPv4Network(f"{cidr.network_address}/26"))
 
 
 # ---------------------------------------------------------------- checks (negative cases)

@@ -301,7 +301,10 @@ def test_base_plan_external_namespaces() -> None:
         name="laptop",
         role="external",
         addresses=[Address("eth0", "10.0.0.100/24")],
-        routes=[Route(dst="default", via="10.0.0.1", dev="eth0")],
+        routes=[
+            Route(dst="default", via="10.0.0.1", dev="eth0"),
+            Route(dst="203.0.113.0/24", via="10.0.0.31", dev="eth0"),
+        ],
     )
     assert plan.namespaces["internet"] == NamespacePlan(
         name="internet",
