@@ -21,7 +21,7 @@ from labctl.k8s.manifests import Document, parse_objects
 from labctl.modes import get_mode
 from labctl.nsutil import nsenter_argv
 from labctl.policy import checks as policy_checks
-from labctl.probe import probe
+from labctl.probe import http_get, probe
 from labctl.state import LAB_ENV
 from labctl.topology import load_topology, resolve_path
 from labctl.verify import verify
@@ -220,4 +220,98 @@ def policy(mode: str, large: tuple[int, int], progress: Callable[[str], None]) -
                 row[f"compile{count}"] = round(time.monotonic() - t0, 3)
         finally:
             lifecycle.down("bench")
+    return row
+
+
+def _doc(data: dict[str, Any]) -> BaseModel:
+    (obj,) = parse_objects([Document("<bench>", 1, data)])
+    return obj
+
+
+def _deployment(name: str, replicas: int) -> BaseModel:
+    labels = {"app": name}
+    return _doc(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 80}]}]},
+                },
+            },
+        }
+    )
+
+
+def _service(name: str, app: str) -> BaseModel:
+    return _doc(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"selector": {"app": app}, "ports": [{"port": 80}]},
+        }
+    )
+
+
+def _request_rate(pid: int, ip: str, seconds: float) -> float:
+    """Sequential HTTP requests per second from the namespace of `pid` to `ip`:80."""
+    done, t0 = 0, time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        http_get(pid, ip, 80, 2.0)
+        done += 1
+    return round(done / (time.monotonic() - t0))
+
+
+def services(
+    mode: str, proxy_mode: str, progress: Callable[[str], None], count: int = 100
+) -> dict[str, Any]:
+    """Workload and Service figures in `mode` with kube-proxy in `proxy_mode` (services.yaml):
+    one pod added, a Deployment scaled 0 -> 50, `count` Services x 10 endpoints loaded, one
+    endpoint change with all of them in place, and ClusterIP vs pod-IP request rates."""
+    row: dict[str, Any] = {"mode": mode, "proxyMode": proxy_mode}
+    path = resolve_path("services")
+    topo = load_topology(path)
+    try:
+        progress(f"{mode} ({proxy_mode}): pods")
+        lifecycle.up("bench", get_mode(mode), path, topo, lambda _: None, proxy_mode=proxy_mode)
+        pod = _doc(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "one"},
+                "spec": {"containers": [{"name": "app"}]},
+            }
+        )
+        t0 = time.monotonic()
+        done = apiserver.apply("bench", [pod])
+        row["addPod"], row["addPodWired"] = round(time.monotonic() - t0, 3), done.pods_seconds
+        apiserver.apply("bench", [_deployment("scale", 0)])
+        t0 = time.monotonic()
+        done = apiserver.scale("bench", "default", "scale", 50)
+        row["scale0to50"], row["scale0to50Wired"] = (
+            round(time.monotonic() - t0, 3),
+            done.pods_seconds,
+        )
+        apiserver.delete("bench", [_deployment("scale", 0), pod])
+        progress(f"{mode} ({proxy_mode}): {count} services x 10 endpoints")
+        apiserver.apply("bench", [_deployment("web", 10)])
+        done = apiserver.apply("bench", [_service(f"s{i}", "web") for i in range(count)])
+        row["servicesSync"], row["servicesRules"] = done.proxy_seconds, done.proxy_rules
+        done = apiserver.scale("bench", "default", "web", 11)
+        row["endpointChangeSync"] = done.proxy_seconds
+        progress(f"{mode} ({proxy_mode}): request rates")
+        st = state.load("bench")
+        objects = store.load("bench")
+        client = st.namespaces["default/web-1"].pid
+        backend = next(p for p in objects.pods.values() if p.labels.get("app") == "web")
+        vip = objects.services["default/s0"].spec.clusterIP or ""
+        row["podIpRequestsPerS"] = _request_rate(client, backend.ip, 2.0)
+        row["clusterIpRequestsPerS"] = _request_rate(client, vip, 2.0)
+    finally:
+        lifecycle.down("bench")
     return row

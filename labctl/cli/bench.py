@@ -29,6 +29,19 @@ POLICY_FIGURES = (
     ("apply100", "apply 100 policies: whole request (s)"),
 )
 
+#: The --services row keys (one column per mode and kube-proxy mode).
+SERVICE_FIGURES = (
+    ("addPod", "apply one Pod: whole request (s)"),
+    ("addPodWired", "  of which CNI ADD on the node (s)"),
+    ("scale0to50", "scale a Deployment 0 -> 50: whole request (s)"),
+    ("scale0to50Wired", "  of which CNI ADD of 50 pods (s)"),
+    ("servicesRules", "100 Services x 10 endpoints: kube-proxy rules, 3 nodes"),
+    ("servicesSync", "  load them on every node (s)"),
+    ("endpointChangeSync", "  one endpoint more: resync every node (s)"),
+    ("podIpRequestsPerS", "HTTP requests/s, pod to pod IP"),
+    ("clusterIpRequestsPerS", "HTTP requests/s, pod to ClusterIP"),
+)
+
 
 @click.command()
 @click.option(
@@ -59,6 +72,13 @@ POLICY_FIGURES = (
     help="Instead: NetworkPolicy figures (apply to enforced, 9x9 probe, 100 policies) per "
     "enforcing mode.",
 )
+@click.option(
+    "--services",
+    "services_",
+    is_flag=True,
+    help="Instead: Pod, Deployment and Service figures per mode, kube-proxy in iptables and "
+    "nftables mode side by side.",
+)
 @OUTPUT
 @guarded
 def bench(
@@ -67,19 +87,42 @@ def bench(
     pods_per_node: int,
     iperf: int | None,
     policy: bool,
+    services_: bool,
     output: str,
 ) -> None:
     """Measure up, verify and down on the default topology and a generated large one;
     with --iperf, pod-to-pod throughput per mode instead; with --policy, NetworkPolicy
-    figures."""
+    figures; with --services, Pod, Deployment and kube-proxy figures."""
     from labctl import bench as bench_mod
 
     lifecycle.check_environment()
     if modes_ is None:
-        modes_ = "calico-bgp,canal" if policy else "flannel-vxlan,flannel-host-gw"
+        modes_ = (
+            "calico-bgp,canal"
+            if policy
+            else "flannel-vxlan"
+            if services_
+            else "flannel-vxlan,flannel-host-gw"
+        )
     names = [get_mode(m.strip()).name for m in modes_.split(",") if m.strip()]
     if "bench" in state.list_labs():
         raise LabError("a lab named 'bench' is up; 'labctl down -n bench' first")
+    if services_:
+        with out.status("benchmarking Services") as status:
+            srows = [
+                bench_mod.services(m, proxy, lambda p: status.update(p))
+                for m in names
+                for proxy in ("iptables", "nftables")
+            ]
+        if output == "json":
+            emit_json(srows)
+            return
+        cols = [f"{r['mode']} {r['proxyMode']}" for r in srows]
+        t = Table("figure", *cols, title="labctl bench --services")
+        for key, label in SERVICE_FIGURES:
+            t.add_row(label, *(str(r[key]) for r in srows))
+        out.print(t)
+        return
     if policy:
         enforcing = [m for m in names if get_mode(m).enforces_policy]
         if not enforcing:
