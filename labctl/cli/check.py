@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 import time
 from contextlib import nullcontext
@@ -14,6 +15,17 @@ from labctl import lifecycle, state, store
 from labctl.cli.common import NAME, OUTPUT, emit_json, guarded, out
 from labctl.modes import get_mode
 from labctl.state import LabError
+
+
+def _check_pod_cidr(value: str) -> None:
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise LabError(
+            f"--pod-cidr {value!r}: not a CIDR; write address/prefix, e.g. 10.244.0.0/16"
+        ) from None
+    if net.version != 4:
+        raise LabError(f"--pod-cidr {value!r}: labctl checks IPv4 captures; give an IPv4 CIDR")
 
 
 @click.command()
@@ -47,6 +59,7 @@ def verify(
     if pcap is not None:
         if not pcap_mode:
             raise LabError("--pcap needs --mode MODE (see 'labctl modes')")
+        _check_pod_cidr(pod_cidr)
         report = verify_mod.verify_pcap(pcap, get_mode(pcap_mode).name, pod_cidr)
     else:
         lifecycle.check_environment()

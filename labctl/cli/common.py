@@ -13,6 +13,7 @@ from rich.console import Console
 
 from labctl import lifecycle
 from labctl.apiserver import ObjectError
+from labctl.checker import CaptureError
 from labctl.control import ControlError
 from labctl.features import BadDatapath, MissingFeature
 from labctl.k8s.manifests import ManifestError
@@ -45,7 +46,14 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (TopologyError, UnknownModeError, BadDatapath, ManifestError, ObjectError) as e:
+        except (
+            TopologyError,
+            UnknownModeError,
+            BadDatapath,
+            ManifestError,
+            ObjectError,
+            CaptureError,
+        ) as e:
             fail(str(e), 2)
         except (PolicyApplyError, ControlError, ProxyApplyError) as e:
             fail(str(e), 1)
