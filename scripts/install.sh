@@ -11,7 +11,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 pkgs=(mininet frr tcpdump iperf3 iproute2 bridge-utils iptables nftables iputils-ping
-      python3 python3-venv python3-pip procps psmisc util-linux ethtool curl conntrack)
+      python3 python3-venv python3-pip procps psmisc util-linux ethtool curl conntrack
+      graphviz)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from labctl.cli import access, bench, check, lab, objects
+from labctl.cli import access, bench, check, graph, lab, objects
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,5 +31,6 @@ for verb in (
     objects.label,
     objects.scale,
     bench.bench,
+    graph.graph_,
 ):
     main.add_command(verb)
