@@ -163,3 +163,36 @@ def test_bad_services_are_refused_and_change_nothing(
     proc = labctl("apply", "-n", lab, "-f", "-", stdin=doc, check=2)
     assert message in proc.stderr
     assert labctl_json("get", "svc", "-n", lab)["items"] == before
+
+
+STICKY = """\
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec: {selector: {app: myapp}, sessionAffinity: ClientIP, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: local-only}
+spec: {selector: {app: myapp}, internalTrafficPolicy: Local, ports: [{port: 80}]}
+"""
+
+
+def test_client_ip_affinity_and_internal_local(svc_lab: tuple[str, str]) -> None:
+    lab, _ = svc_lab
+    labctl("apply", "-n", lab, "-f", "-", stdin=STICKY)
+    try:
+        pods = labctl_json("get", "pods", "-n", lab)["items"]
+        by_node = {
+            i["spec"]["nodeName"]: f"default/{i['metadata']['name']}"
+            for i in pods
+            if i["metadata"]["name"].startswith("demo2-")
+        }
+        # ClientIP: every request of one client lands on the same replica.
+        assert len(answers(lab, "test/db-3", f"http://{cluster_ip(lab, 'sticky')}/", 8)) == 1
+        # internalTrafficPolicy Local: only the client's own node's replica; none on node2.
+        local = f"http://{cluster_ip(lab, 'local-only')}/"
+        assert answers(lab, "default/web-1", local, 4) == {by_node["master"]}
+        assert answers(lab, "default/web-3", local, 2) == {""}
+    finally:
+        labctl("delete", "-n", lab, "-f", "-", stdin=STICKY)
