@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from labctl.cli import access, bench, check, graph, lab, objects
+from labctl.cli import access, bench, check, exercise, graph, lab, objects
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,5 +32,6 @@ for verb in (
     objects.scale,
     bench.bench,
     graph.graph_,
+    exercise.exercise,
 ):
     main.add_command(verb)
