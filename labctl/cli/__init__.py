@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from labctl.cli import access, bench, check, exercise, graph, lab, objects
+from labctl.cli import access, bench, check, exercise, graph, lab, objects, trace
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,6 +32,7 @@ for verb in (
     objects.scale,
     bench.bench,
     graph.graph_,
+    trace.trace,
     exercise.exercise,
 ):
     main.add_command(verb)
