@@ -101,8 +101,11 @@ def _kind_name(obj: BaseModel) -> str:
     return f"{_KINDS[type(obj)][1]}/{obj.metadata.name}"  # type: ignore[attr-defined]
 
 
-def _program(lab: str, objects: Store, outcome: Outcome, pods_changed: bool) -> None:
-    """Make the nodes follow `objects` (already saved): pods first, then policy."""
+def _program(
+    lab: str, topo: Topology, objects: Store, outcome: Outcome, pods_changed: bool
+) -> None:
+    """Make the nodes follow `objects` (already saved): pods first, then policy, then
+    kube-proxy. `topo` is the lab's topology (node addresses, pod CIDR)."""
     if pods_changed:
         outcome.pods_seconds = control.request(lab, "sync")["seconds"]
     st = state.load(lab)  # after the sync: new pods' namespaces are in it
@@ -114,7 +117,6 @@ def _program(lab: str, objects: Store, outcome: Outcome, pods_changed: bool) -> 
         outcome.enforced_seconds, outcome.rules = result.seconds, result.rules
     elif objects.networkpolicies:
         outcome.warnings.append(NOT_ENFORCED.format(mode=mode.name))
-    topo = load_topology(st.topology)
     proxied = proxy_apply.sync(
         list(objects.services.values()),
         objects.pod_infos(),
@@ -126,17 +128,17 @@ def _program(lab: str, objects: Store, outcome: Outcome, pods_changed: bool) -> 
     outcome.proxy_seconds, outcome.proxy_rules = proxied.seconds, proxied.rules
 
 
-def _commit(lab: str, before: Store, objects: Store, outcome: Outcome) -> None:
+def _commit(lab: str, topo: Topology, before: Store, objects: Store, outcome: Outcome) -> None:
     """Record the changed store and program the nodes; on any failure put back `before` (the
     store, the pods and the rules) and re-raise."""
     pods_changed = set(before.pods) != set(objects.pods)
     store.save(lab, objects)
     try:
-        _program(lab, objects, outcome, pods_changed)
+        _program(lab, topo, objects, outcome, pods_changed)
     except BaseException:
         store.save(lab, before)
         try:
-            _program(lab, before, Outcome(), pods_changed)
+            _program(lab, topo, before, Outcome(), pods_changed)
         except Exception as e:  # the first error is the one to report
             outcome.warnings.append(f"restoring the previous state failed too: {e}")
         raise
@@ -178,8 +180,8 @@ def _apply_one(req: _Request, objects: Store, obj: BaseModel) -> str:
     return line
 
 
-def _controller_errors() -> tuple[type[Exception], ...]:
-    return (controller.WorkloadError, SchedulingError, ServiceError)
+#: What the controllers and allocators refuse; the request answers with ObjectError (exit 2).
+_REFUSED: tuple[type[Exception], ...] = (controller.WorkloadError, SchedulingError, ServiceError)
 
 
 def apply(lab: str, objects_in: Sequence[BaseModel]) -> Outcome:
@@ -192,9 +194,9 @@ def apply(lab: str, objects_in: Sequence[BaseModel]) -> Outcome:
             for obj in objects_in:
                 _check_namespace(objects, obj)
                 outcome.lines.append(_apply_one(req, objects, obj))
-        except _controller_errors() as e:
+        except _REFUSED as e:
             raise ObjectError(str(e)) from None
-        _commit(lab, before, objects, outcome)
+        _commit(lab, req.topo, before, objects, outcome)
     return outcome
 
 
@@ -230,9 +232,9 @@ def delete(lab: str, objects_in: Sequence[BaseModel], ignore_not_found: bool = F
             outcome.lines.append(f'{group} "{name}" deleted')
         try:
             controller.reconcile(objects, req.topo, req.mode)
-        except _controller_errors() as e:
+        except _REFUSED as e:
             raise ObjectError(str(e)) from None
-        _commit(lab, before, objects, outcome)
+        _commit(lab, req.topo, before, objects, outcome)
     return outcome
 
 
@@ -252,12 +254,12 @@ def scale(lab: str, namespace: str, name: str, replicas: int) -> Outcome:
         before = objects.model_copy(deep=True)
         try:
             changed = controller.scale(objects, req.topo, req.mode, key, replicas)
-        except _controller_errors() as e:
+        except _REFUSED as e:
             raise ObjectError(str(e)) from None
         outcome.lines.append(f"deployment.apps/{name} scaled")
         if changed:
             objects.bump()
-            _commit(lab, before, objects, outcome)
+            _commit(lab, req.topo, before, objects, outcome)
     return outcome
 
 
@@ -274,6 +276,7 @@ def label(
         add, remove = parse_label_args(args)
     except ValueError as e:
         raise ObjectError(str(e)) from None
+    req = _Request.of(lab)
     outcome = Outcome()
     with store.locked(lab) as objects:
         before = objects.model_copy(deep=True)
@@ -308,7 +311,7 @@ def label(
         outcome.lines.append(f"{kind}/{target} {'labeled' if changed else 'not labeled'}")
         if changed:
             objects.bump()
-            _commit(lab, before, objects, outcome)
+            _commit(lab, req.topo, before, objects, outcome)
     return outcome
 
 
@@ -319,7 +322,7 @@ def reset(lab: str, topo: Topology) -> Outcome:
     fresh = store.from_topology(topo, get_mode(state.load(lab).mode).network)
     with store.locked(lab) as objects:
         fresh.resourceVersion = objects.resourceVersion + 1
-        _commit(lab, objects, fresh, outcome)
+        _commit(lab, topo, objects, fresh, outcome)
     return outcome
 
 

@@ -38,6 +38,17 @@ def check_label_value(key: str, value: str) -> None:
         )
 
 
+def check_dns1123_label(value: str, example: str = "") -> str:
+    """`value` if it is a DNS-1123 label (namespace, container name), else ValueError."""
+    if not DNS1123_LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a DNS-1123 label; use at most 63 lowercase letters, digits and "
+            "'-', starting and ending with a letter or digit"
+            + (f" (e.g. {example})" if example else "")
+        )
+    return value
+
+
 def _check_labels(labels: dict[str, str]) -> dict[str, str]:
     for key, value in labels.items():
         check_label_key(key)
@@ -189,12 +200,7 @@ class ObjectMeta(BaseModel):
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, v: str) -> str:
-        if not DNS1123_LABEL.match(v):
-            raise ValueError(
-                f"{v!r} is not a DNS-1123 label; use at most 63 lowercase letters, digits and "
-                "'-', starting and ending with a letter or digit"
-            )
-        return v
+        return check_dns1123_label(v)
 
     _labels = field_validator("labels")(classmethod(lambda cls, v: _check_labels(v)))
 

@@ -15,8 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from labctl.k8s.manifests import register_kind
-from labctl.k8s.meta import DNS1123_SUBDOMAIN, LabelSelector, ObjectMeta
-from labctl.topology import DNS1123_LABEL
+from labctl.k8s.meta import DNS1123_SUBDOMAIN, LabelSelector, ObjectMeta, check_dns1123_label
 
 # IANA service name (RFC 6335): what a named container port must be.
 _IANA_NAME = re.compile(r"^[-a-z0-9]+$")
@@ -65,12 +64,7 @@ class Container(_Lenient):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not DNS1123_LABEL.match(v):
-            raise ValueError(
-                f"{v!r} is not a DNS-1123 label; use at most 63 lowercase letters, digits and "
-                "'-', starting and ending with a letter or digit (e.g. app)"
-            )
-        return v
+        return check_dns1123_label(v, example="app")
 
 
 class PodSpec(_Lenient):
