@@ -113,6 +113,8 @@ class Store(BaseModel):
     networkpolicies: dict[str, NetworkPolicy] = {}
     deployments: dict[str, Deployment] = {}
     services: dict[str, Service] = {}
+    #: Node -> the pod address IPAM handed out last there (host-local's last_reserved_ip).
+    last_reserved: dict[str, str] = {}
     #: Bumped on every change, as the API server's resourceVersion.
     resourceVersion: int = 0
 

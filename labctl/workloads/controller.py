@@ -51,7 +51,8 @@ def _record(
     owner: str | None = None,
 ) -> PodRecord:
     used = {p.ip for p in objects.pods.values() if p.node == node}
-    ip = allocate_ip(node, mode.pod_pool(topo, node), used)
+    ip = allocate_ip(node, mode.pod_pool(topo, node), used, objects.last_reserved.get(node))
+    objects.last_reserved[node] = str(ip)
     iface = mode.network.iface(TopoPod(name=name, namespace=namespace, node=node))
     return PodRecord(
         name=name,

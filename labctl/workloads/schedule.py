@@ -59,10 +59,20 @@ def spread(nodes: Iterable[str], load: Counter[str], count: int) -> list[str]:
     return picks
 
 
-def allocate_ip(node: str, pool: IPv4Network, used: Collection[str]) -> IPv4Address:
-    """host-local IPAM: the lowest free address from .2 of the node's range (.1 is the gateway
-    or tunnel address; network and broadcast addresses are never handed out)."""
-    for offset in range(2, pool.num_addresses - 1):
+def allocate_ip(
+    node: str, pool: IPv4Network, used: Collection[str], last: str | None = None
+) -> IPv4Address:
+    """host-local IPAM: the next free address after the last one handed out on this node,
+    wrapping round to .2 (.1 is the gateway or tunnel address; network and broadcast addresses
+    are never handed out). Like the plugin's `last_reserved_ip`, this keeps a just-released
+    address out of use as long as possible, so neighbours never meet it under a new MAC."""
+    first, end = 2, pool.num_addresses - 1
+    start = first
+    if last is not None and IPv4Address(last) in pool:
+        start = int(IPv4Address(last)) - int(pool.network_address) + 1
+    span = end - first
+    for step in range(span):
+        offset = first + (start - first + step) % span
         ip = pool.network_address + offset
         if str(ip) not in used:
             return ip

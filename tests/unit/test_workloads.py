@@ -122,10 +122,14 @@ def test_spread_fills_the_emptiest_node_first() -> None:
     assert spread(["a", "b"], Counter(), 3) == ["a", "b", "a"]
 
 
-def test_allocate_ip_takes_the_lowest_free_and_says_when_full() -> None:
+def test_allocate_ip_goes_round_robin_and_says_when_full() -> None:
     pool = IPv4Network("10.244.1.0/29")
     assert allocate_ip("n", pool, set()) == IPv4Address("10.244.1.2")
     assert allocate_ip("n", pool, {"10.244.1.2", "10.244.1.4"}) == IPv4Address("10.244.1.3")
+    # After .3 comes .4 even though .2 is free again; after the last (.6) it wraps to .2.
+    assert allocate_ip("n", pool, set(), last="10.244.1.3") == IPv4Address("10.244.1.4")
+    assert allocate_ip("n", pool, {"10.244.1.4"}, last="10.244.1.3") == IPv4Address("10.244.1.5")
+    assert allocate_ip("n", pool, set(), last="10.244.1.6") == IPv4Address("10.244.1.2")
     full = {f"10.244.1.{i}" for i in range(2, 7)}
     with pytest.raises(SchedulingError, match=r"no free pod address left in 10\.244\.1\.0/29"):
         allocate_ip("n", pool, full)
@@ -179,7 +183,7 @@ def test_scale_down_then_a_new_template_replaces_every_pod(topo: Topology) -> No
     assert objects.deployments["default/demo2"].metadata.generation == 3
 
 
-def test_a_deleted_replica_is_replaced_and_its_address_reused(topo: Topology) -> None:
+def test_a_deleted_replicas_address_is_not_reused_at_once(topo: Topology) -> None:
     objects = fresh(topo)
     mode = get_mode("flannel-vxlan")
     controller.apply_deployment(objects, topo, mode, deployment(replicas=1), "1")
@@ -187,7 +191,9 @@ def test_a_deleted_replica_is_replaced_and_its_address_reused(topo: Topology) ->
     del objects.pods[first.key]
     controller.reconcile(objects, topo, mode)
     (second,) = [p for p in objects.pods.values() if p.owner]
-    assert second.key != first.key and second.ip == first.ip
+    # host-local hands out the next address, not the one just released.
+    assert second.key != first.key and second.node == first.node
+    assert IPv4Address(second.ip) == IPv4Address(first.ip) + 1
 
 
 def test_pods_keep_their_spec_but_take_new_labels(topo: Topology) -> None:
