@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from labctl import control, state, store
+from labctl.errors import LabctlError
 from labctl.k8s.meta import parse_label_args
 from labctl.modes import Mode, get_mode
 from labctl.policy import apply as policy_apply
@@ -52,7 +53,7 @@ RESOURCES = {
 }
 
 
-class ObjectError(ValueError):
+class ObjectError(ValueError, LabctlError):
     """A request the lab refuses (unknown namespace, no such object, immutable label); exit 2."""
 
     exit_code = 2

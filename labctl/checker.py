@@ -41,6 +41,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 from scapy.utils import RawPcapReader, rdpcap
 
+from labctl.errors import LabctlError
 from labctl.wire import CheckResult, Flow, WireSpec
 
 _PROTO_IPIP = 4
@@ -67,7 +68,7 @@ _IPV4_START = re.compile(rb"[\x45-\x4f]")
 _MAX_EXAMPLES = 3
 
 
-class CaptureError(Exception):
+class CaptureError(LabctlError):
     """A capture file could not be read."""
 
 

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from labctl import state
+from labctl.errors import LabctlError
 
 SOCKET = "control.sock"
 #: A pod's CNI ADD takes tens of milliseconds; scaling to 100 pods a few seconds.
 TIMEOUT = 120.0
 
 
-class ControlError(RuntimeError):
+class ControlError(RuntimeError, LabctlError):
     """The supervisor refused or failed the request (names what and why)."""
 
     exit_code = 1

@@ -8,6 +8,8 @@ from functools import cache
 
 from pyroute2 import IPRoute
 
+from labctl.errors import LabctlError
+
 CLONE_NEWNET = 0x40000000
 
 
@@ -57,11 +59,11 @@ def resolve_datapath(feature: str | None, wanted: str) -> tuple[str, str | None]
     return "kernel", None
 
 
-class MissingFeature(Exception):
+class MissingFeature(LabctlError):
     """The kernel lacks what was asked for (exit 3)."""
 
     exit_code = 3
 
 
-class BadDatapath(ValueError):
+class BadDatapath(ValueError, LabctlError):
     """A --datapath that does not apply (exit 2)."""

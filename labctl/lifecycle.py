@@ -12,20 +12,24 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pyroute2 import netns as pr_netns
-
-from labctl import state, store
-from labctl.modes import Mode
+from labctl import state
+from labctl.errors import LabctlError
 from labctl.nsutil import enter_netns_path
 from labctl.state import LAB_ENV, LabError, LabState
-from labctl.topology import Topology
+
+# The planner, the object store and pyroute2 are imported where used: `exec` and `down` run
+# often (every test, every exercise step) and need none of them.
+if TYPE_CHECKING:
+    from labctl.modes import Mode
+    from labctl.topology import Topology
 
 REQUIRED_TOOLS = ("mnexec", "brctl", "nsenter", "tcpdump", "ping")
 UP_TIMEOUT = 600.0
 
 
-class EnvironmentProblem(Exception):
+class EnvironmentProblem(LabctlError):
     """The machine lacks something (root, a tool, a kernel feature); exit 3."""
 
     exit_code = 3
@@ -93,6 +97,10 @@ def up(
     A plan that cannot be made is bad input and fails before anything is built; on any later
     failure everything built so far is removed before the error is raised.
     """
+    from pyroute2 import netns as pr_netns
+
+    from labctl import store
+
     plan = mode.plan(topo, datapath)
     objects = store.from_topology(topo, mode.network)
     if lab in state.list_labs() or os.path.exists(f"/run/netns/{state.netns_name(lab)}"):
@@ -192,6 +200,8 @@ def down(lab: str, timeout: float = 5.0) -> list[str]:
         time.sleep(0.02)
     if killed:
         removed.append(f"{len(killed)} leftover process(es)")
+    from pyroute2 import netns as pr_netns
+
     netns = state.netns_name(lab)
     if netns in pr_netns.listnetns():
         pr_netns.remove(netns)
@@ -204,6 +214,8 @@ def down(lab: str, timeout: float = 5.0) -> list[str]:
 
 def stale_netns() -> list[str]:
     """Lab namespaces with no state directory (left by a crash during 'up')."""
+    from pyroute2 import netns as pr_netns
+
     labs = set(state.list_labs())
     return [
         n.removeprefix("labctl-")

@@ -9,23 +9,34 @@ import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 from pydantic import TypeAdapter
 
-from labctl.plan import Plan
+from labctl.errors import LabctlError
+
+if TYPE_CHECKING:
+    from labctl.plan import Plan
 
 STATE_ROOT = Path(os.environ.get("LABCTL_STATE_DIR", "/run/labctl"))
 LAB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,22}[a-z0-9])?$")
 # Every process a lab starts carries this in its environment: that, not a PID or a namespace
 # inode (both reused by the kernel), is how `down` recognises the lab's processes.
 LAB_ENV = "LABCTL_LAB"
-_PLAN: TypeAdapter[Plan] = TypeAdapter(Plan)
 
 
-class LabError(Exception):
+@cache
+def _plan_adapter() -> TypeAdapter[Plan]:
+    # Built on first use: commands that never read the plan (exec, down) skip the planner.
+    from labctl.plan import Plan
+
+    return TypeAdapter(Plan)
+
+
+class LabError(LabctlError):
     """A lab-level problem for the user (no such lab, ambiguous lab, already up)."""
 
     exit_code = 2
@@ -126,13 +137,13 @@ def write_plan(lab: str, plan: Plan) -> None:
     """Record the lab's plan: what `up` programs, and what every later command reads."""
     path = lab_dir(lab) / PLAN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(_PLAN.dump_json(plan))
+    path.write_bytes(_plan_adapter().dump_json(plan))
 
 
 def read_plan(lab: str) -> Plan:
     """The plan recorded at `up`."""
     try:
-        return _PLAN.validate_json((lab_dir(lab) / PLAN_FILE).read_bytes())
+        return _plan_adapter().validate_json((lab_dir(lab) / PLAN_FILE).read_bytes())
     except FileNotFoundError:
         raise LabError(f"lab {lab!r} has no recorded plan; is it up? (labctl status)") from None
     except pydantic.ValidationError as e:

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from labctl.errors import LabctlError
+
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Label keys/values as Kubernetes allows them (optional DNS prefix on keys).
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
@@ -28,7 +30,7 @@ LABEL_KEY = re.compile(
 TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"
 
 
-class TopologyError(ValueError):
+class TopologyError(ValueError, LabctlError):
     """A topology that cannot be built; the message is one line naming file and field."""
 
 

@@ -9,9 +9,17 @@ venv="$repo/.venv/bin"
 "$venv/ruff" check labctl tests benchmarks
 "$venv/ruff" format --check labctl tests benchmarks
 "$venv/mypy" labctl tests
-# Any leftover from an earlier crashed run would make tests collide; remove it first.
-"$venv/labctl" down --all >/dev/null
-"$venv/pytest" -q -p no:cacheprovider "$@" tests
+# Test labs are named <name>-<run>, so they never collide with the user's labs or an earlier
+# run's; afterwards only this run's labs are removed (if a crash left any), nothing else.
+run="$(printf '%04x' $(($$ % 65536)))"
 status=0
-"$venv/labctl" down --all >/dev/null || status=$?
+LABCTL_TEST_RUN="$run" "$venv/pytest" -q -p no:cacheprovider --durations=15 "$@" tests || status=$?
+for dir in /run/labctl/*-"$run" /run/netns/labctl-*-"$run"; do
+    [ -e "$dir" ] || continue
+    name="$(basename "$dir")"
+    # A test that leaks its lab is a defect: remove it, and fail the run.
+    echo "test lab ${name#labctl-} was left behind by this run; removing it" >&2
+    "$venv/labctl" down -n "${name#labctl-}" >/dev/null || true
+    status=1
+done
 exit $status

@@ -4,35 +4,49 @@ probe did not hold, 2 bad usage or input, 3 the machine lacks something."""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import click
 
-from labctl.cli import access, bench, check, exercise, graph, lab, objects, trace
+#: Verb -> (module in labctl.cli, attribute). A verb's module is imported only when that verb
+#: runs (or help lists it), so `labctl exec` does not pay for Scapy, the planner or rich tables.
+VERBS = {
+    "modes": ("lab", "modes"),
+    "up": ("lab", "up"),
+    "down": ("lab", "down"),
+    "status": ("lab", "status"),
+    "exec": ("access", "exec_"),
+    "capture": ("access", "capture"),
+    "verify": ("check", "verify"),
+    "probe": ("check", "probe"),
+    "apply": ("objects", "apply"),
+    "delete": ("objects", "delete"),
+    "get": ("objects", "get"),
+    "label": ("objects", "label"),
+    "scale": ("objects", "scale"),
+    "bench": ("bench", "bench"),
+    "graph": ("graph", "graph_"),
+    "trace": ("trace", "trace"),
+    "exercise": ("exercise", "exercise"),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose commands are loaded from their verb file on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(VERBS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Any:
+        if cmd_name not in VERBS:
+            return None
+        module, attr = VERBS[cmd_name]
+        return getattr(importlib.import_module(f"labctl.cli.{module}"), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="labctl")
 def main() -> None:
     """Build Kubernetes CNI dataplanes (Flannel, Calico, Canal) in network namespaces and
     prove on the wire how they move packets."""
-
-
-for verb in (
-    lab.modes,
-    lab.up,
-    lab.down,
-    lab.status,
-    access.exec_,
-    access.capture,
-    check.verify,
-    check.probe,
-    objects.apply,
-    objects.delete,
-    objects.get,
-    objects.label,
-    objects.scale,
-    bench.bench,
-    graph.graph_,
-    trace.trace,
-    exercise.exercise,
-):
-    main.add_command(verb)

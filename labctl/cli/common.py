@@ -11,17 +11,7 @@ from typing import Any, NoReturn
 import click
 from rich.console import Console
 
-from labctl import lifecycle
-from labctl.apiserver import ObjectError
-from labctl.checker import CaptureError
-from labctl.control import ControlError
-from labctl.features import BadDatapath, MissingFeature
-from labctl.k8s.manifests import ManifestError
-from labctl.modes import UnknownModeError
-from labctl.policy.apply import PolicyApplyError
-from labctl.services.apply import ProxyApplyError, ProxyModeError
-from labctl.state import LabError
-from labctl.topology import TopologyError
+from labctl.errors import LabctlError
 
 out = Console()
 err = Console(stderr=True)
@@ -46,23 +36,8 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (
-            TopologyError,
-            UnknownModeError,
-            BadDatapath,
-            ManifestError,
-            ObjectError,
-            CaptureError,
-        ) as e:
-            fail(str(e), 2)
-        except (PolicyApplyError, ControlError, ProxyApplyError) as e:
-            fail(str(e), 1)
-        except ProxyModeError as e:
+        except LabctlError as e:
             fail(str(e), e.exit_code)
-        except LabError as e:
-            fail(str(e), getattr(e, "exit_code", 2))
-        except (lifecycle.EnvironmentProblem, MissingFeature) as e:
-            fail(str(e), 3)
 
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__

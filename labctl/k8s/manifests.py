@@ -17,6 +17,7 @@ from typing import IO, Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from labctl.errors import LabctlError
 from labctl.k8s.meta import ObjectMeta
 from labctl.topology import _Loader  # SafeLoader that rejects duplicate mapping keys
 
@@ -25,7 +26,7 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 KINDS: dict[tuple[str, str], type[BaseModel]] = {}
 
 
-class ManifestError(ValueError):
+class ManifestError(ValueError, LabctlError):
     """A manifest that cannot be used; the message is one line naming source, document, field."""
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from labctl.errors import LabctlError
 from labctl.modes.podnet import PodNetwork
 from labctl.wire import WireSpec
 
@@ -113,7 +114,7 @@ def register(*modes: Mode) -> None:
         MODES[mode.name] = mode
 
 
-class UnknownModeError(KeyError):
+class UnknownModeError(KeyError, LabctlError):
     def __str__(self) -> str:
         return f"unknown mode {self.args[0]!r}; run 'labctl modes' (known: {', '.join(MODES)})"
 

@@ -12,12 +12,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from labctl.errors import LabctlError
 from labctl.nsutil import nsenter_argv
 from labctl.policy.compile import NodeRuleset, compile_all
 from labctl.store import Store
 
 
-class PolicyApplyError(RuntimeError):
+class PolicyApplyError(RuntimeError, LabctlError):
     """nft refused a ruleset; names the node and nft's complaint."""
 
     exit_code = 1

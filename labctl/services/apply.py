@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 
+from labctl.errors import LabctlError
 from labctl.nsutil import nsenter_argv
 from labctl.policy.model import PodInfo
 from labctl.services import proxy_iptables, proxy_nftables
@@ -43,7 +44,7 @@ _CHECK = {
 _LOAD = {"iptables": ["iptables-restore", "--noflush"], "nftables": ["nft", "-f", "-"]}
 
 
-class ProxyModeError(Exception):
+class ProxyModeError(LabctlError):
     """A --proxy-mode labctl cannot run here: exit 3 for IPVS, 2 for an unknown mode."""
 
     def __init__(self, message: str, exit_code: int) -> None:
@@ -51,7 +52,7 @@ class ProxyModeError(Exception):
         self.exit_code = exit_code
 
 
-class ProxyApplyError(RuntimeError):
+class ProxyApplyError(RuntimeError, LabctlError):
     """A node refused its rules (or could not be reached); names each node and the tool's
     complaint. Nothing was loaded when the check pass fails."""
 

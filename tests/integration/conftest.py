@@ -15,6 +15,28 @@ import pytest
 
 LABCTL = str(Path(sys.executable).parent / "labctl")
 
+#: This run's suffix for every lab the tests bring up (scripts/test.sh passes one so that it
+#: can remove exactly its own labs after a crash): test labs never collide with a user's labs
+#: or another run's, and nothing here touches a lab it did not create.
+RUN = os.environ.get("LABCTL_TEST_RUN") or f"{os.getpid() % 0x10000:04x}"
+assert re.fullmatch(r"[a-z0-9]{1,5}", RUN), "LABCTL_TEST_RUN: 1-5 lowercase letters or digits"
+
+
+def run_name(base: str) -> str:
+    """The real name of the test lab the tests call `base`."""
+    return f"{base}-{RUN}"
+
+
+def cli_argv(*args: str) -> list[str]:
+    """argv for the labctl CLI, with its `-n NAME` turned into this run's lab name (only
+    labctl's own options: what follows `--` is a command's argv)."""
+    out = list(args)
+    end = out.index("--") if "--" in out else len(out)
+    for i in range(end - 1):
+        if out[i] == "-n":
+            out[i + 1] = run_name(out[i + 1])
+    return [LABCTL, *out]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reasons = []
@@ -35,7 +57,7 @@ def labctl(
 ) -> subprocess.CompletedProcess[str]:
     """Run the real CLI; `check` may be the exit code expected."""
     proc = subprocess.run(
-        [LABCTL, *args], capture_output=True, text=True, timeout=timeout, input=stdin
+        cli_argv(*args), capture_output=True, text=True, timeout=timeout, input=stdin
     )
     want = 0 if check is True else check
     if check is not False and proc.returncode != want:
@@ -86,8 +108,11 @@ def host_snapshot() -> dict[str, str]:
         ),
         "nftables": _run("nft", "list", "ruleset"),
         "iptables": re.sub(r"\[\d+:\d+\]|^#.*$", "", _run("iptables-save"), flags=re.M),
-        # Only lab namespaces: other suites may build their own test namespaces meanwhile.
+        # Only this run's lab namespaces: a user's labs and other suites' namespaces may come
+        # and go meanwhile.
         "netns": "\n".join(
-            x for x in _run("ip", "netns", "list").splitlines() if x.startswith("labctl-")
+            x
+            for x in _run("ip", "netns", "list").splitlines()
+            if x.startswith("labctl-") and x.split()[0].endswith(f"-{RUN}")
         ),
     }

@@ -9,7 +9,7 @@ import pytest
 
 from labctl.checker import index_pcap
 
-from .conftest import LABCTL, labctl, labctl_json
+from .conftest import cli_argv, labctl, labctl_json
 
 pytestmark = pytest.mark.root
 
@@ -19,8 +19,7 @@ def test_capture_probe_and_pcap_verify(lab: list[str], tmp_path: Path) -> None:
     labctl("up", "flannel-vxlan", "-t", "two-node", "-n", "cli")
     out = tmp_path / "host1.pcap"
     cap = subprocess.Popen(
-        [
-            LABCTL,
+        cli_argv(
             "capture",
             "-n",
             "cli",
@@ -31,7 +30,7 @@ def test_capture_probe_and_pcap_verify(lab: list[str], tmp_path: Path) -> None:
             "udp port 8472",
             "--duration",
             "3",
-        ],
+        ),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -70,8 +69,7 @@ def test_exec_streams_a_capture_to_stdout(lab: list[str], tmp_path: Path) -> Non
     lab.append("cls")
     labctl("up", "flannel-host-gw", "-t", "two-node", "-n", "cls")
     proc = subprocess.Popen(
-        [
-            LABCTL,
+        cli_argv(
             "exec",
             "-n",
             "cls",
@@ -86,7 +84,7 @@ def test_exec_streams_a_capture_to_stdout(lab: list[str], tmp_path: Path) -> Non
             "-w",
             "-",
             "icmp",
-        ],
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -19,9 +19,9 @@ import pytest
 from labctl.engine import EngineError, apply_netfilter
 from labctl.nsutil import nsenter_argv
 
-from .conftest import LABCTL, labctl, labctl_json
+from .conftest import cli_argv, labctl, labctl_json
 
-LAB = f"ext-{os.getpid() % 100000}"
+LAB = "ext"
 NODE1_IP = "10.0.0.32"
 WEB2 = "default/web-2"  # on node1
 WEB2_IP = "10.244.1.2"
@@ -83,7 +83,7 @@ def arriving(target: str, bpf: str = ECHO) -> Iterator[list[str]]:
     """Capture the first packet matching `bpf` on `target`'s eth0 while the body runs; the
     yielded list holds tcpdump's line for it afterwards (empty if none came)."""
     argv = ["timeout", "10", "tcpdump", "-n", "-l", "-c", "1", "-i", "eth0", bpf]
-    cmd = [LABCTL, "exec", "-n", LAB, target, "--", *argv]
+    cmd = cli_argv("exec", "-n", LAB, target, "--", *argv)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     lines: list[str] = []

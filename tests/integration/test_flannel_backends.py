@@ -10,7 +10,7 @@ import pytest
 
 from labctl.features import can_create
 
-from .conftest import LABCTL, labctl, labctl_json
+from .conftest import cli_argv, labctl, labctl_json
 from .test_lab import assert_gone
 
 pytestmark = pytest.mark.root
@@ -43,7 +43,7 @@ def test_cross_subnet_teaching_table(lab: list[str], mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["flannel-udp", "flannel-ipip"])
-@pytest.mark.parametrize("topology", ["default", "two-node"])
+@pytest.mark.parametrize("topology", ["two-node"])  # default: test_matrix.py
 def test_userspace_backends_verify(lab: list[str], mode: str, topology: str) -> None:
     lab.append("ub")
     up = labctl_json("up", mode, "-t", topology, "-n", "ub")
@@ -69,7 +69,7 @@ def test_udp_proxy_is_supervised(lab: list[str]) -> None:
     subprocess.run(["kill", "-9", str(before)], check=True)
     probe = None
     for _ in range(40):
-        probe = subprocess.run([LABCTL, "probe", "-n", "sup", "-o", "json"], capture_output=True)
+        probe = subprocess.run(cli_argv("probe", "-n", "sup", "-o", "json"), capture_output=True)
         if probe.returncode == 0:
             break
     assert probe is not None and probe.returncode == 0
@@ -106,7 +106,7 @@ def test_userspace_datapath_survives_iperf3_soak(lab: list[str], mode: str) -> N
     lab.append("soak")
     labctl("up", mode, "-t", "two-node", "-n", "soak")
     server = subprocess.Popen(
-        [LABCTL, "exec", "-n", "soak", "default/pod-b", "--", "iperf3", "-s", "-1"],
+        cli_argv("exec", "-n", "soak", "default/pod-b", "--", "iperf3", "-s", "-1"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -117,8 +117,7 @@ def test_userspace_datapath_survives_iperf3_soak(lab: list[str], mode: str) -> N
             break
         time.sleep(0.05)
     client = subprocess.run(
-        [
-            LABCTL,
+        cli_argv(
             "exec",
             "-n",
             "soak",
@@ -130,7 +129,7 @@ def test_userspace_datapath_survives_iperf3_soak(lab: list[str], mode: str) -> N
             "-t",
             "30",
             "-J",
-        ],
+        ),
         capture_output=True,
         text=True,
         timeout=90,

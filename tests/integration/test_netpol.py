@@ -34,7 +34,7 @@ from ..netpol_cases import (
     materialize,
     report,
 )
-from .conftest import labctl, labctl_json
+from .conftest import labctl, labctl_json, run_name
 
 pytestmark = pytest.mark.root
 
@@ -50,19 +50,19 @@ def run_case(lab: str, case: Case) -> list[str]:
     """Carry out `case` in the lab; return a report per probe that differed."""
     topo = load_topology(case.topology)
     pod_ips = {k: str(v) for k, v in topo.pod_ips.items()}
-    apiserver.reset(lab, topo)
-    st = state.load(lab)
+    apiserver.reset(run_name(lab), topo)
+    st = state.load(run_name(lab))
     pids = {k: r.pid for k, r in st.namespaces.items()}
     failures = []
     for step in case.steps:
         if isinstance(step, Apply):
-            apiserver.apply(lab, _objects(step.yaml, pod_ips))
+            apiserver.apply(run_name(lab), _objects(step.yaml, pod_ips))
         elif isinstance(step, Delete):
-            apiserver.delete(lab, _objects(step.yaml, pod_ips))
+            apiserver.delete(run_name(lab), _objects(step.yaml, pod_ips))
         elif isinstance(step, LabelNamespace):
-            apiserver.label(lab, "namespace", step.namespace, step.args)
+            apiserver.label(run_name(lab), "namespace", step.namespace, step.args)
         elif isinstance(step, LabelPod):
-            apiserver.label(lab, "pod", step.pod, step.args)
+            apiserver.label(run_name(lab), "pod", step.pod, step.args)
         else:
             assert isinstance(step, Probe)
             want = step.expect.matrix()
@@ -98,7 +98,7 @@ def test_verify_notices_a_tampered_policy_table(xyz_lab: str) -> None:
     one endpoint chain keeps every chain name and dispatched interface, yet fails the node's
     "policy table" check (and probe sees the pairs it opened); a reset restores the table."""
     topo = load_topology("netpol-xyz")
-    apiserver.reset(xyz_lab, topo)
+    apiserver.reset(run_name(xyz_lab), topo)
     try:
         labctl("apply", "-n", xyz_lab, "-f", "-", stdin=DENY_INGRESS_X)
         target = store.load(xyz_lab).pods["x/a"]
@@ -123,7 +123,7 @@ def test_verify_notices_a_tampered_policy_table(xyz_lab: str) -> None:
         others = {p.key for p in topo.pods} - {"x/a"}
         assert {(m["src"], m["dst"]) for m in doc["mismatches"]} == {(k, "x/a") for k in others}
     finally:
-        apiserver.reset(xyz_lab, topo)
+        apiserver.reset(run_name(xyz_lab), topo)
     report = labctl_json("verify", "-n", xyz_lab, "--no-mtu")
     assert report["passed"], [c for c in report["checks"] if not c["passed"]]
 
@@ -144,7 +144,7 @@ def test_seed_scenario(seed_lab: tuple[str, str], case: Case) -> None:
     if mode.startswith("flannel"):
         # Flannel stores the policy, warns, and changes nothing: every pair stays open.
         topo = load_topology(case.topology)
-        apiserver.reset(lab, topo)
+        apiserver.reset(run_name(lab), topo)
         for step in case.steps:
             if isinstance(step, Apply):
                 out = labctl("apply", "-n", lab, "-f", "-", stdin=step.yaml)

@@ -3,7 +3,8 @@ answers from both replicas through its ClusterIP, its externalIP and a NodePort;
 the outside masqueraded; verify's service checks pass in both kube-proxy modes and fail when
 a node's rules are tampered with; NetworkPolicy acts on the backend after DNAT.
 
-Every mode gets one short lab; the full verify runs in two labs (nftables and iptables)."""
+The full verify runs in two labs (nftables and iptables); damo in every mode is part of
+test_matrix.py, which shares one lab per mode."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from labctl.modes import MODES
 
 from .conftest import labctl, labctl_json
 
@@ -33,31 +32,6 @@ def answers(lab: str, src: str, url: str, tries: int = 12) -> set[str]:
     loop = f'for i in $(seq {tries}); do echo "=$(curl -s -m 2 {url} | head -1)"; done'
     proc = labctl("exec", "-n", lab, src, "--", "sh", "-c", loop, check=False)
     return {line[1:] for line in proc.stdout.splitlines() if line.startswith("=")}
-
-
-@pytest.mark.parametrize("mode", list(MODES))
-def test_damo_answers_from_both_replicas_in_every_mode(mode: str) -> None:
-    lab = f"sv{list(MODES).index(mode)}"
-    labctl("up", mode, "-t", "services", "-n", lab)
-    try:
-        labctl("apply", "-n", lab, "-f", "-", "-f", str(EXAMPLES / "nodeport.yaml"), stdin=DAMO)
-        replicas = {
-            f"default/{i['metadata']['name']}"
-            for i in labctl_json("get", "pods", "-n", lab)["items"]
-            if i["metadata"]["name"].startswith("demo2-")
-        }
-        assert len(replicas) == 2
-        ip = cluster_ip(lab, "myservice")
-        assert answers(lab, "test/db-3", f"http://{ip}/") == replicas
-        # From outside: the externalIP (routed to master), then a NodePort on node2.
-        assert answers(lab, "laptop", "http://203.0.113.10/") == replicas
-        assert answers(lab, "laptop", "http://10.0.0.33:30080/", tries=4) <= replicas
-        # Pods reach the outside as their node.
-        body = labctl("exec", "-n", lab, "default/web-3", "--", "curl", "-s", "-m", "2",
-                      "http://192.168.100.10/").stdout  # fmt: skip
-        assert body.splitlines()[1].startswith("client 10.0.0.33:")
-    finally:
-        labctl("down", "-n", lab, check=False)
 
 
 @pytest.fixture(scope="module", params=[("flannel-vxlan", "nftables"), ("calico-bgp", "iptables")])
