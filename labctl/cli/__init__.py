@@ -5,7 +5,9 @@ probe did not hold, 2 bad usage or input, 3 the machine lacks something."""
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import os
+import sys
+from typing import Any, NoReturn
 
 import click
 
@@ -43,6 +45,38 @@ class LazyGroup(click.Group):
             return None
         module, attr = VERBS[cmd_name]
         return getattr(importlib.import_module(f"labctl.cli.{module}"), attr)
+
+    def main(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Every error is one line on stderr with the contract's exit code, never a
+        traceback (LABCTL_DEBUG=1 shows the traceback of an unexpected one)."""
+        kwargs["standalone_mode"] = False
+        try:
+            super().main(*args, **kwargs)
+        except click.UsageError as e:
+            # The program name may be a wrapper's (python -m, a test runner): say labctl.
+            path = e.ctx.command_path.split()[1:] if e.ctx else []
+            where = " ".join(["labctl", *path])
+            _one_line(f"{e.format_message()} (see '{where} --help')", 2)
+        except click.exceptions.Abort:
+            _one_line("aborted", 1)
+        except click.ClickException as e:
+            _one_line(e.format_message(), e.exit_code)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except Exception as e:
+            if os.environ.get("LABCTL_DEBUG"):
+                raise
+            _one_line(
+                f"internal error: {type(e).__name__}: {e} (a bug: please report it; "
+                "LABCTL_DEBUG=1 shows the traceback)",
+                1,
+            )
+        sys.exit(0)
+
+
+def _one_line(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -22,6 +22,10 @@ RUN = os.environ.get("LABCTL_TEST_RUN") or f"{os.getpid() % 0x10000:04x}"
 assert re.fullmatch(r"[a-z0-9]{1,5}", RUN), "LABCTL_TEST_RUN: 1-5 lowercase letters or digits"
 
 
+# An unexpected exception in the CLI shows its traceback in a failing test's output.
+os.environ.setdefault("LABCTL_DEBUG", "1")
+
+
 def run_name(base: str) -> str:
     """The real name of the test lab the tests call `base`."""
     return f"{base}-{RUN}"

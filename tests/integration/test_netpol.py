@@ -67,7 +67,7 @@ def run_case(lab: str, case: Case) -> list[str]:
             assert isinstance(step, Probe)
             want = step.expect.matrix()
             expect = {(s, d): ok for s, row in want.items() for d, ok in row.items()}
-            pods = [p for p in store.load(lab).pods.values() if p.key in want]
+            pods = [p for p in store.load(run_name(lab)).pods.values() if p.key in want]
             results = probe(pods, pids, step.protocol.lower(), step.port, 1.0, expect)
             seen: dict[str, dict[str, bool]] = {p.key: {} for p in pods}
             for r in results:
@@ -101,7 +101,7 @@ def test_verify_notices_a_tampered_policy_table(xyz_lab: str) -> None:
     apiserver.reset(run_name(xyz_lab), topo)
     try:
         labctl("apply", "-n", xyz_lab, "-f", "-", stdin=DENY_INGRESS_X)
-        target = store.load(xyz_lab).pods["x/a"]
+        target = store.load(run_name(xyz_lab)).pods["x/a"]
         # x/a's ingress: the chain that jumps to the deny policy and then drops.
         chain = endpoint_chain(target.iface, "ingress")
         labctl(

@@ -13,7 +13,7 @@ from labctl import store
 from labctl.modes.podnet import cali_name, veth_name
 from labctl.topology import Pod
 
-from .conftest import labctl, labctl_json
+from .conftest import labctl, labctl_json, run_name
 
 pytestmark = pytest.mark.root
 
@@ -145,10 +145,10 @@ def test_a_pod_that_cannot_be_wired_leaves_nothing_behind(lab: str) -> None:
     iface = cali_name(solo) if lab == MODES["calico-bgp"] else veth_name(solo)
     labctl("exec", "-n", lab, "node2", "--", "ip", "link", "add", iface, "type", "bridge")
     try:
-        before = store.load(lab)
+        before = store.load(run_name(lab))
         proc = labctl("apply", "-n", lab, "-f", "-", stdin=SOLO, check=1)
         assert "solo" in proc.stderr and "File exists" in proc.stderr
-        assert store.load(lab).pods.keys() == before.pods.keys()
+        assert store.load(run_name(lab)).pods.keys() == before.pods.keys()
         assert "test/solo" not in labctl_json("status", "-n", lab)["pods"]
     finally:
         labctl("exec", "-n", lab, "node2", "--", "ip", "link", "del", iface)
@@ -167,7 +167,7 @@ def test_a_pod_that_cannot_be_wired_leaves_nothing_behind(lab: str) -> None:
     ],
 )  # fmt: skip
 def test_bad_workloads_are_refused_and_change_nothing(lab: str, text: str, message: str) -> None:
-    version = store.load(lab).resourceVersion
+    version = store.load(run_name(lab)).resourceVersion
     proc = labctl("apply", "-n", lab, "-f", "-", stdin=text, check=2)
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert store.load(lab).resourceVersion == version
+    assert store.load(run_name(lab)).resourceVersion == version
