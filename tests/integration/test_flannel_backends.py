@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
 
 from labctl.features import can_create
 
 from .conftest import cli_argv, labctl, labctl_json
-from .test_lab import assert_gone
 
 pytestmark = pytest.mark.root
 
@@ -96,48 +94,3 @@ def test_ipip_kernel_datapath(lab: list[str]) -> None:
 def test_datapath_option_rejected_where_meaningless() -> None:
     proc = labctl("up", "flannel-vxlan", "--datapath", "userspace", "-n", "nodp", check=2)
     assert "--datapath userspace" in proc.stderr
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["flannel-udp", "flannel-ipip"])
-def test_userspace_datapath_survives_iperf3_soak(lab: list[str], mode: str) -> None:
-    """30 s of iperf3 through the userspace datapath; the lab still verifies, and down leaves
-    no process or TUN device behind."""
-    lab.append("soak")
-    labctl("up", mode, "-t", "two-node", "-n", "soak")
-    server = subprocess.Popen(
-        cli_argv("exec", "-n", "soak", "default/pod-b", "--", "iperf3", "-s", "-1"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    # iperf3 has no readiness signal: wait until pod-b listens on 5201.
-    for _ in range(100):
-        ss = labctl("exec", "-n", "soak", "default/pod-b", "--", "ss", "-Hltn", "sport = :5201")
-        if ss.stdout.strip():
-            break
-        time.sleep(0.05)
-    client = subprocess.run(
-        cli_argv(
-            "exec",
-            "-n",
-            "soak",
-            "default/pod-a",
-            "--",
-            "iperf3",
-            "-c",
-            "10.1.20.2",
-            "-t",
-            "30",
-            "-J",
-        ),
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    server.wait(15)
-    assert client.returncode == 0, client.stdout[-2000:]
-    assert labctl_json("verify", "-n", "soak", "--no-mtu")["passed"]
-    status = labctl_json("status", "-n", "soak")
-    assert not [w for w in status["warnings"] if "restarted" in w]
-    labctl("down", "-n", "soak")
-    assert_gone("soak")
