@@ -21,7 +21,7 @@ from labctl.nsutil import enter_netns_path
 from labctl.state import LAB_ENV, LabError, LabState
 from labctl.topology import Topology
 
-REQUIRED_TOOLS = ("mnexec", "brctl", "nsenter", "tcpdump", "ping")
+REQUIRED_TOOLS = ("mnexec", "brctl", "nsenter", "tcpdump", "ping", "etcd")
 UP_TIMEOUT = 600.0
 
 

@@ -16,6 +16,7 @@ import traceback
 from types import FrameType
 
 from labctl import control, daemons, engine, routing, state, store, wiring
+from labctl.controlplane.supervise import ControlPlane, agent_configs
 from labctl.kubelet import Kubelet
 from labctl.listeners import Host, PodServers
 from labctl.modes import get_mode
@@ -48,6 +49,7 @@ def run(lab: str) -> int:
     servers = PodServers()
     group = daemons.Group(lab)
     speakers = routing.Speakers()
+    cplane = ControlPlane(st)
     try:
         plan = state.read_plan(lab)
         objects = store.load(lab)
@@ -82,7 +84,14 @@ def run(lab: str) -> int:
         servers.open(objects.pods.values(), pids)
         externals = [n.name for n in plan.namespaces.values() if n.role == "external"]
         servers.open([Host(name, DEFAULT_PORTS) for name in externals], pids)
+        agents = bool(agent_configs(plan))
+        if agents:
+            phase("starting etcd")
+            cplane.start(plan)
         group.start(plan, pids, st)
+        if agents:
+            phase("waiting for the flannel agents to program their peers")
+            cplane.wait_converged(plan)
         for name, dpids in speakers.start(plan, pids, phase).items():
             for dpid in dpids:
                 st.processes[f"{name}:frr:{dpid}"] = dpid
@@ -99,7 +108,7 @@ def run(lab: str) -> int:
         st.save()
         while True:
             servers.serve(0.5)
-            if group.check(st):
+            if group.check(st) | cplane.check():
                 st.save()
     except _Stop:
         st.status = "stopping"
@@ -116,6 +125,7 @@ def run(lab: str) -> int:
     finally:
         speakers.stop()
         group.stop()
+        cplane.stop()
         servers.close()
 
 
