@@ -16,6 +16,7 @@ import traceback
 from types import FrameType
 
 from labctl import control, daemons, engine, routing, state, store, wiring
+from labctl.controlplane.dynamics import Dynamics
 from labctl.controlplane.supervise import ControlPlane, agent_configs
 from labctl.kubelet import Kubelet
 from labctl.listeners import Host, PodServers
@@ -99,7 +100,13 @@ def run(lab: str) -> int:
         # The node agents' pod lifecycle from now on: `apply` asks for a sync over the socket.
         hosts = {name: h for h in net.hosts for name, pid in pids.items() if pid == h.pid}
         kubelet = Kubelet(lab, net, hosts, mode, topo, plan, st, pids, servers)
-        ops = {"sync": lambda req: kubelet.sync()}
+        dyn = Dynamics(st, group, cplane, plan)
+        ops = {
+            "sync": lambda req: kubelet.sync(),
+            "node": dyn.node,
+            "set-backend": dyn.set_backend,
+            "restart-agents": dyn.restart_agents,
+        }
         ctl = control.listen(lab)
         servers.watch(ctl, lambda: control.handle(ctl, lambda req: ops[req["op"]](req)))
         st.status = "ready"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from labctl.cli import access, bench, check, exercise, graph, lab, objects, trace
+from labctl.cli import access, bench, check, exercise, graph, lab, node, objects, trace
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,5 +34,8 @@ for verb in (
     graph.graph_,
     trace.trace,
     exercise.exercise,
+    node.node,
+    node.config,
+    node.restart,
 ):
     main.add_command(verb)

@@ -7,6 +7,7 @@ shared/cni-dataplane-reference.md sections 4-8).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,7 @@ from labctl.plan import (
     underlay_mac,
 )
 from labctl.render import render
-from labctl.topology import Topology
+from labctl.topology import Topology, TopologyError
 from labctl.wire import WireSpec
 
 USERSPACE_NOTE = (
@@ -44,8 +45,10 @@ VXLAN_DEV = "flannel.1"
 VXLAN_VNI = 1
 VXLAN_PORT = 8472  # the Linux kernel default flannel relies on, not IANA's 4789
 PRIVATE_DIRS = ["/run/flannel", "/etc/cni/net.d", "/etc/kube-flannel"]
-# Lab-sized subnet lease TTL (flanneld: 24 h), so a dead node's routes vanish in seconds.
+# Lab-sized subnet lease TTL (flanneld: 24 h), so a dead node's routes vanish in seconds;
+# LABCTL_LEASE_TTL overrides it for a lab (read when the lab is planned).
 LEASE_TTL = 15
+LEASE_TTL_ENV = "LABCTL_LEASE_TTL"
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,14 @@ def peer_objects(backend: Backend, node: str, peer: Peer) -> NamespacePlan:
     return part
 
 
+def lease_ttl() -> int:
+    """The subnet lease TTL labs get: $LABCTL_LEASE_TTL, else LEASE_TTL."""
+    raw = os.environ.get(LEASE_TTL_ENV, str(LEASE_TTL))
+    if not raw.isdigit() or not 2 <= int(raw) <= 86400:
+        raise TopologyError(f"{LEASE_TTL_ENV}={raw!r}: use whole seconds from 2 to 86400")
+    return int(raw)
+
+
 def agent_config(topo: Topology, node: str) -> dict[str, Any]:
     """The node agent's view of itself: what it leases and publishes, and its underlay."""
     me = topo.nodes[node]
@@ -257,7 +268,7 @@ def agent_config(topo: Topology, node: str) -> dict[str, Any]:
         "underlay": str(segment.cidr),
         "underlay_mtu": segment.mtu,
         "vtep_mac": _vtep_mac(node),
-        "ttl": LEASE_TTL,
+        "ttl": lease_ttl(),
     }
 
 

@@ -12,9 +12,9 @@ from labctl.controlplane import lease
 from labctl.controlplane.agent import status_path
 from labctl.controlplane.supervise import ControlPlane, agent_configs, net_conf
 from labctl.modes import get_mode
-from labctl.modes.flannel import LEASE_TTL, backend_named
+from labctl.modes.flannel import LEASE_TTL, backend_named, lease_ttl
 from labctl.state import LabState
-from labctl.topology import load_topology
+from labctl.topology import TopologyError, load_topology
 
 # What flanneld v0.18+ puts under /coreos.com/network/subnets/192.168.56.11-24 (Go's
 # encoding/json of lease.LeaseAttrs: declaration order, compact, PublicIPv6 null).
@@ -90,6 +90,15 @@ def test_subnet_keys() -> None:
 )
 def test_net_conf_selects_the_backend(backend: dict[str, object], mode: str) -> None:
     assert backend_named({"Network": "10.244.0.0/16", "Backend": backend}) == mode
+
+
+def test_lease_ttl_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABCTL_LEASE_TTL", "4")
+    assert lease_ttl() == 4
+    for bad in ("0", "abc", "-3"):
+        monkeypatch.setenv("LABCTL_LEASE_TTL", bad)
+        with pytest.raises(TopologyError, match="LABCTL_LEASE_TTL"):
+            lease_ttl()
 
 
 def test_unknown_backend_is_refused() -> None:
