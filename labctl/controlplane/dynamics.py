@@ -37,9 +37,10 @@ SWITCHABLE = {"flannel-vxlan", "flannel-vxlan-directrouting", "flannel-host-gw"}
 
 def stopped_note(node: str, ttl: int) -> str:
     """The lab note (status, verify) while `node` is stopped."""
+    when = f"its lease expires (TTL {ttl}s)" if ttl else "their BGP hold timer expires"
     return (
         f"node {node} is stopped (labctl node stop): its agent and daemons are frozen; the "
-        f"other nodes drop its routes when its lease expires (TTL {ttl}s)"
+        f"other nodes drop its routes when {when}"
     )
 
 
