@@ -36,8 +36,8 @@ def _has_route(lab: str, at: str, cidr: str, ip: str) -> bool:
     return any(line.startswith(cidr) or f" via {ip} " in line for line in routes.splitlines())
 
 
-def _until(pred: object, timeout: float = 120.0) -> float:
-    started = time.monotonic()
+def _until(pred: object, started: float, timeout: float = 120.0) -> float:
+    """Seconds from `started` (before the verb was called) until `pred()` holds."""
     while not pred():  # type: ignore[operator]
         if time.monotonic() - started > timeout:
             raise TimeoutError("no convergence")
@@ -53,10 +53,12 @@ def measure(mode: str, lab: str) -> dict[str, float]:
             n["name"]: n for n in json.loads(_labctl("status", "-n", lab, "-o", "json"))["nodes"]
         }
         cidr, ip = nodes["node2"]["podCIDR"].split("/")[0], nodes["node2"]["ip"]
+        t0 = time.monotonic()
         _labctl("node", "stop", "-n", lab, "node2")
-        gone = _until(lambda: not _has_route(lab, "master", cidr, ip))
+        gone = _until(lambda: not _has_route(lab, "master", cidr, ip), t0)
+        t0 = time.monotonic()
         _labctl("node", "start", "-n", lab, "node2")
-        back = _until(lambda: _has_route(lab, "master", cidr, ip))
+        back = _until(lambda: _has_route(lab, "master", cidr, ip), t0)
         return {"dropped": gone, "back": back}
     finally:
         _labctl("down", "-n", lab)
