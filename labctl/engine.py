@@ -8,6 +8,7 @@ they create the pods' veths.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -19,7 +20,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from labctl.nsutil import in_netns, netns_path, nsenter_argv, write_sysctl
-from labctl.plan import Link, NamespacePlan, Plan, Route
+from labctl.plan import Fdb, Link, NamespacePlan, Neigh, Plan, Route
 
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
@@ -111,6 +112,58 @@ def _route_args(ip: IPRoute, route: Route) -> dict[str, object]:
     return args
 
 
+def _neigh(ip: IPRoute, n: Neigh) -> None:
+    ip.neigh("replace", dst=n.ip, lladdr=n.mac, ifindex=_index(ip, n.dev), state=NUD_PERMANENT)
+
+
+def _fdb(ip: IPRoute, f: Fdb) -> None:
+    ip.fdb(
+        "replace",
+        ifindex=_index(ip, f.dev),
+        lladdr=f.mac,
+        dst=f.dst,
+        state=NUD_PERMANENT,
+        flags=NTF_SELF,
+    )
+
+
+def _route(ip: IPRoute, where: str, route: Route) -> list[str]:
+    try:
+        ip.route("replace", **_route_args(ip, route))
+    except NetlinkError as e:
+        if not route.best_effort:
+            raise
+        # flanneld's behaviour: log the refused route and carry on.
+        return [
+            f"{where}: error adding route {route.describe()}: "
+            f"{os.strerror(e.code)}" + (f" ({route.why})" if route.why else "")
+        ]
+    return []
+
+
+def program_peer(ip: IPRoute, where: str, ns: NamespacePlan) -> list[str]:
+    """Program one peer's objects (a node agent's lease handler), in flanneld's order:
+    neighbours, FDB, routes; return warnings for refused best-effort routes."""
+    for n in ns.neighbours:
+        _neigh(ip, n)
+    for f in ns.fdb:
+        _fdb(ip, f)
+    return [w for r in ns.routes for w in _route(ip, where, r)]
+
+
+def unprogram_peer(ip: IPRoute, ns: NamespacePlan) -> None:
+    """Remove what `program_peer` added for a peer whose lease is gone (routes first)."""
+    for r in ns.routes:
+        with contextlib.suppress(NetlinkError, EngineError):
+            ip.route("del", **_route_args(ip, r))
+    for f in ns.fdb:
+        with contextlib.suppress(NetlinkError, EngineError):
+            ip.fdb("del", ifindex=_index(ip, f.dev), lladdr=f.mac, dst=f.dst, flags=NTF_SELF)
+    for n in ns.neighbours:
+        with contextlib.suppress(NetlinkError, EngineError):
+            ip.neigh("del", dst=n.ip, lladdr=n.mac, ifindex=_index(ip, n.dev))
+
+
 def apply_namespace(ns: NamespacePlan, pid: int, pids: dict[str, int]) -> list[str]:
     """Program one namespace; return warnings for best-effort objects the kernel refused."""
     warnings: list[str] = []
@@ -129,37 +182,22 @@ def apply_namespace(ns: NamespacePlan, pid: int, pids: dict[str, int]) -> list[s
             for link in ip.get_links():
                 if link.get("state") != "up":
                     ip.link("set", index=link["index"], state="up")
+            # Objects marked `agent` are the node agent's to program from etcd leases.
             for n in ns.neighbours:
+                if n.agent:
+                    continue
                 step = f"neighbour {n.ip} on {n.dev}"
-                ip.neigh(
-                    "replace",
-                    dst=n.ip,
-                    lladdr=n.mac,
-                    ifindex=_index(ip, n.dev),
-                    state=NUD_PERMANENT,
-                )
+                _neigh(ip, n)
             for f in ns.fdb:
+                if f.agent:
+                    continue
                 step = f"fdb {f.mac} dst {f.dst} on {f.dev}"
-                ip.fdb(
-                    "replace",
-                    ifindex=_index(ip, f.dev),
-                    lladdr=f.mac,
-                    dst=f.dst,
-                    state=NUD_PERMANENT,
-                    flags=NTF_SELF,
-                )
+                _fdb(ip, f)
             for route in ns.routes:
+                if route.agent:
+                    continue
                 step = f"route {route.describe()}"
-                try:
-                    ip.route("replace", **_route_args(ip, route))
-                except NetlinkError as e:
-                    if not route.best_effort:
-                        raise
-                    # flanneld's behaviour: log the refused route and carry on.
-                    warnings.append(
-                        f"{ns.name}: error adding route {route.describe()}: "
-                        f"{os.strerror(e.code)}" + (f" ({route.why})" if route.why else "")
-                    )
+                warnings += _route(ip, ns.name, route)
             for key, value in ns.sysctls.items():
                 step = f"sysctl {key}"
                 write_sysctl(key, value)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from labctl.modes import Mode
     from labctl.topology import Topology
 
-REQUIRED_TOOLS = ("mnexec", "brctl", "nsenter", "tcpdump", "ping")
+REQUIRED_TOOLS = ("mnexec", "brctl", "nsenter", "tcpdump", "ping", "etcd")
 UP_TIMEOUT = 600.0
 
 

@@ -71,6 +71,8 @@ class Route:
     # flanneld logs a rejected route and carries on (host-gw off-link peers): so do we.
     best_effort: bool = False
     why: str = ""
+    # Programmed by the node's CNI agent from its peers' leases (controlplane/), not at `up`.
+    agent: bool = False
 
     def describe(self) -> str:
         """`ip route` style text, for messages."""
@@ -87,6 +89,7 @@ class Neigh:
     dev: str
     ip: str
     mac: str
+    agent: bool = False  # as Route.agent
 
 
 @dataclass
@@ -94,6 +97,7 @@ class Fdb:
     dev: str
     mac: str
     dst: str
+    agent: bool = False  # as Route.agent
 
 
 @dataclass

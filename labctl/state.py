@@ -100,7 +100,10 @@ class LabState:
         os.replace(tmp, self.dir / "state.json")
 
     def pid_of(self, target: str) -> int:
-        """PID whose namespaces are those of a node, router or `ns/pod`."""
+        """PID whose namespaces are those of a node, router or `ns/pod`; `etcd` is the lab's
+        etcd (in the lab namespace, where etcdctl's default endpoint reaches it)."""
+        if target == "etcd" and "etcd" in self.processes:
+            return self.processes["etcd"]
         rec = self.namespaces.get(target)
         if rec is None:
             pods = [k for k in self.namespaces if "/" in k and k.split("/", 1)[1] == target]

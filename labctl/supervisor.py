@@ -16,6 +16,8 @@ import traceback
 from types import FrameType
 
 from labctl import control, daemons, engine, routing, state, store, wiring
+from labctl.controlplane.dynamics import Dynamics
+from labctl.controlplane.supervise import ControlPlane, agent_configs
 from labctl.kubelet import Kubelet
 from labctl.listeners import Host, PodServers
 from labctl.modes import get_mode
@@ -48,6 +50,7 @@ def run(lab: str) -> int:
     servers = PodServers()
     group = daemons.Group(lab)
     speakers = routing.Speakers()
+    cplane = ControlPlane(st)
     try:
         plan = state.read_plan(lab)
         objects = store.load(lab)
@@ -82,7 +85,14 @@ def run(lab: str) -> int:
         servers.open(objects.pods.values(), pids)
         externals = [n.name for n in plan.namespaces.values() if n.role == "external"]
         servers.open([Host(name, DEFAULT_PORTS) for name in externals], pids)
+        agents = bool(agent_configs(plan))
+        if agents:
+            phase("starting etcd")
+            cplane.start(plan)
         group.start(plan, pids, st)
+        if agents:
+            phase("waiting for the flannel agents to program their peers")
+            cplane.wait_converged(plan)
         for name, dpids in speakers.start(plan, pids, phase).items():
             for dpid in dpids:
                 st.processes[f"{name}:frr:{dpid}"] = dpid
@@ -90,7 +100,13 @@ def run(lab: str) -> int:
         # The node agents' pod lifecycle from now on: `apply` asks for a sync over the socket.
         hosts = {name: h for h in net.hosts for name, pid in pids.items() if pid == h.pid}
         kubelet = Kubelet(lab, net, hosts, mode, topo, plan, st, pids, servers)
-        ops = {"sync": lambda req: kubelet.sync()}
+        dyn = Dynamics(st, group, cplane, plan)
+        ops = {
+            "sync": lambda req: kubelet.sync(),
+            "node": dyn.node,
+            "set-backend": dyn.set_backend,
+            "restart-agents": dyn.restart_agents,
+        }
         ctl = control.listen(lab)
         servers.watch(ctl, lambda: control.handle(ctl, lambda req: ops[req["op"]](req)))
         st.status = "ready"
@@ -99,7 +115,7 @@ def run(lab: str) -> int:
         st.save()
         while True:
             servers.serve(0.5)
-            if group.check(st):
+            if group.check(st) | cplane.check():
                 st.save()
     except _Stop:
         st.status = "stopping"
@@ -116,6 +132,7 @@ def run(lab: str) -> int:
     finally:
         speakers.stop()
         group.stop()
+        cplane.stop()
         servers.close()
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from labctl import checker, checks, state, store
 from labctl.capture import CAPTURE_ROOT, Capture
 from labctl.checks.nat import outgoing_nat_checks
+from labctl.controlplane.dynamics import leftovers
 from labctl.modes import get_mode
 from labctl.nsutil import nsenter_argv
 from labctl.plan import UNDERLAY_IF, Plan, flows_for
@@ -217,6 +218,7 @@ def verify(lab: str, with_mtu: bool = True) -> Report:
     pods = list(objects.pods.values())
     pids = {name: rec.pid for name, rec in st.namespaces.items()}
     report = Report(lab=lab, mode=st.mode, notes=list(st.notes))
+    report.notes += leftovers(plan, {n: r.pid for n, r in st.namespaces.items()}, st.mode)
     expect = {
         proto: policy_checks.expected(objects, mode.enforces_policy, proto, None)
         for proto in ("tcp", "udp", "icmp")

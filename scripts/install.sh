@@ -12,7 +12,7 @@ fi
 
 pkgs=(mininet frr tcpdump iperf3 iproute2 bridge-utils iptables nftables iputils-ping
       python3 python3-venv python3-pip procps psmisc util-linux ethtool curl conntrack
-      graphviz)
+      graphviz etcd-server etcd-client)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,9 +25,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # Debian starts FRR's own service in the host namespace on install; labs run their own
 # daemons, and the host must stay untouched, so keep the packaged service off.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled frr >/dev/null 2>&1; then
-  systemctl disable --now frr >/dev/null 2>&1 || true
-fi
+# The same for etcd: every flannel lab runs its own etcd inside the lab's namespace.
+for svc in frr etcd; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled "$svc" >/dev/null 2>&1; then
+    systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  fi
+done
 
 # Debian's mininet module exists only for /usr/bin/python3, so the venv must see system
 # site-packages.

@@ -31,6 +31,9 @@ VERBS = {
     "graph": ("graph", "graph_"),
     "trace": ("trace", "trace"),
     "exercise": ("exercise", "exercise"),
+    "node": ("node", "node"),
+    "config": ("node", "config"),
+    "restart": ("node", "restart"),
 }
 
 

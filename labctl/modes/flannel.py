@@ -7,6 +7,7 @@ shared/cni-dataplane-reference.md sections 4-8).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,7 @@ from labctl.plan import (
     underlay_mac,
 )
 from labctl.render import render
-from labctl.topology import Topology
+from labctl.topology import Topology, TopologyError
 from labctl.wire import WireSpec
 
 USERSPACE_NOTE = (
@@ -44,6 +45,10 @@ VXLAN_DEV = "flannel.1"
 VXLAN_VNI = 1
 VXLAN_PORT = 8472  # the Linux kernel default flannel relies on, not IANA's 4789
 PRIVATE_DIRS = ["/run/flannel", "/etc/cni/net.d", "/etc/kube-flannel"]
+# Lab-sized subnet lease TTL (flanneld: 24 h), so a dead node's routes vanish in seconds;
+# LABCTL_LEASE_TTL overrides it for a lab (read when the lab is planned).
+LEASE_TTL = 15
+LEASE_TTL_ENV = "LABCTL_LEASE_TTL"
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,56 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
+def peer_objects(backend: Backend, node: str, peer: Peer) -> NamespacePlan:
+    """What `node` programs for one peer's lease (neighbours, FDB, routes), marked as the
+    node agent's: the planner records them, the agent (controlplane/agent.py) programs them."""
+    part = NamespacePlan(name=node, role="node")
+    backend.per_peer(part, peer)
+    for n in part.neighbours:
+        n.agent = True
+    for f in part.fdb:
+        f.agent = True
+    for r in part.routes:
+        r.agent = True
+    return part
+
+
+def lease_ttl() -> int:
+    """The subnet lease TTL labs get: $LABCTL_LEASE_TTL, else LEASE_TTL."""
+    raw = os.environ.get(LEASE_TTL_ENV, str(LEASE_TTL))
+    if not raw.isdigit() or not 2 <= int(raw) <= 86400:
+        raise TopologyError(f"{LEASE_TTL_ENV}={raw!r}: use whole seconds from 2 to 86400")
+    return int(raw)
+
+
+def agent_config(topo: Topology, node: str) -> dict[str, Any]:
+    """The node agent's view of itself: what it leases and publishes, and its underlay."""
+    me = topo.nodes[node]
+    segment = topo.segments[me.segment]
+    return {
+        "node": node,
+        "subnet": str(topo.node_pod_cidrs[node]),
+        "network": str(topo.cluster.podCIDR),
+        "public_ip": str(me.ip),
+        "underlay": str(segment.cidr),
+        "underlay_mtu": segment.mtu,
+        "vtep_mac": _vtep_mac(node),
+        "ttl": lease_ttl(),
+    }
+
+
+def backend_named(net_conf: dict[str, Any]) -> str:
+    """The flannel mode whose backend a net-conf.json Backend section selects."""
+    b = net_conf.get("Backend") or {}
+    btype = b.get("Type", "udp")  # flanneld's default backend
+    if btype == "vxlan":
+        return "flannel-vxlan-directrouting" if b.get("DirectRouting") else "flannel-vxlan"
+    name = f"flannel-{btype}"
+    if name not in BACKENDS:
+        raise ValueError(f"Backend.Type {btype!r}: use vxlan, host-gw, udp or ipip")
+    return name
+
+
 def plan_flannel(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
     """Flannel's per-node state: lease files, masquerade and forward rules, the pod network
     (``cni0``; Canal: ``cali*``), the backend device and what each peer's lease asks for."""
@@ -266,7 +321,11 @@ def plan_flannel(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
         for pod in topo.pods_on(node):
             mode.network.pod(plan, ns, pod, topo, pod_mtu, topo.pod_ips[pod.key])
         for peer in peers[node].values():
-            backend.per_peer(ns, peer)
+            part = peer_objects(backend, node, peer)
+            ns.neighbours += part.neighbours
+            ns.fdb += part.fdb
+            ns.routes += part.routes
+        ns.daemons.append(Daemon("flannel-agent", agent_config(topo, node)))
 
     plan.flows = cross_node_flows(topo, lambda a, b: backend.encap_for(peers[a][b]))
     plan.paths = node_paths(topo, lambda a, b: backend.encap_for(peers[a][b]))

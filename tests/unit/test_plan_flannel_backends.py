@@ -23,7 +23,7 @@ def test_udp_plan_matches_flanneld(topo: Topology) -> None:
     # One route for the whole network into the TUN, nothing per peer.
     tun_routes = [r for r in node.routes if r.dev == "flannel0"]
     assert [(r.dst, r.via) for r in tun_routes] == [("10.244.0.0/16", None)]
-    (daemon,) = node.daemons
+    (daemon,) = [d for d in node.daemons if d.kind == "udpproxy"]
     assert daemon.kind == "udpproxy" and daemon.config["port"] == 8285
     assert daemon.config["local_ip"] == "10.0.0.32"
     assert {r["subnet"]: r["node_ip"] for r in daemon.config["routes"]} == {
@@ -42,10 +42,11 @@ def test_ipip_plan_both_datapaths(topo: Topology, datapath: str, kind: str) -> N
     dev = next(link for link in node.links if link.name == "flannel.ipip")
     assert dev.kind == kind and dev.mtu == 1480
     if kind == "ipip":
-        assert dev.local == "10.0.0.31" and not node.daemons
+        assert dev.local == "10.0.0.31"
+        assert [d.kind for d in node.daemons] == ["flannel-agent"]
         assert not plan.notes
     else:
-        assert [d.kind for d in node.daemons] == ["ipip"]
+        assert [d.kind for d in node.daemons] == ["ipip", "flannel-agent"]
         assert any("userspace" in n for n in plan.notes)
     routes = {r.dst: r for r in node.routes if r.dev == "flannel.ipip"}
     assert routes["10.244.1.0/24"].via == "10.0.0.32" and routes["10.244.1.0/24"].onlink

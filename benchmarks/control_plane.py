@@ -1,0 +1,84 @@
+"""Control-plane convergence, side by side: how long after `labctl node stop` the other
+nodes drop a frozen node's routes (flannel: subnet lease expiry; calico-bgp: the BGP hold
+timer), and how long after `labctl node start` they have them again.
+
+    python benchmarks/control_plane.py [--repeats 3] [--modes flannel-vxlan,calico-bgp]
+
+Root; brings up labs named cp-bench-<n> and takes them down. Prints medians (the machine is
+shared: say so when quoting the figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from labctl import state
+from labctl.nsutil import nsenter_argv
+
+LABCTL = str(Path(sys.executable).parent / "labctl")
+
+
+def _labctl(*args: str) -> str:
+    return subprocess.run([LABCTL, *args], capture_output=True, text=True, check=True).stdout
+
+
+def _has_route(lab: str, at: str, cidr: str, ip: str) -> bool:
+    pid = state.load(lab).namespaces[at].pid
+    routes = subprocess.run(
+        nsenter_argv(pid, ["ip", "route"], mount=False), capture_output=True, text=True
+    ).stdout
+    return any(line.startswith(cidr) or f" via {ip} " in line for line in routes.splitlines())
+
+
+def _until(pred: object, started: float, timeout: float = 120.0) -> float:
+    """Seconds from `started` (before the verb was called) until `pred()` holds."""
+    while not pred():  # type: ignore[operator]
+        if time.monotonic() - started > timeout:
+            raise TimeoutError("no convergence")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def measure(mode: str, lab: str) -> dict[str, float]:
+    """One stop/start round in a fresh lab of `mode` on default.yaml (node2 frozen)."""
+    _labctl("up", mode, "-n", lab)
+    try:
+        nodes = {
+            n["name"]: n for n in json.loads(_labctl("status", "-n", lab, "-o", "json"))["nodes"]
+        }
+        cidr, ip = nodes["node2"]["podCIDR"].split("/")[0], nodes["node2"]["ip"]
+        t0 = time.monotonic()
+        _labctl("node", "stop", "-n", lab, "node2")
+        gone = _until(lambda: not _has_route(lab, "master", cidr, ip), t0)
+        t0 = time.monotonic()
+        _labctl("node", "start", "-n", lab, "node2")
+        back = _until(lambda: _has_route(lab, "master", cidr, ip), t0)
+        return {"dropped": gone, "back": back}
+    finally:
+        _labctl("down", "-n", lab)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--modes", default="flannel-vxlan,calico-bgp")
+    args = ap.parse_args()
+    for mode in args.modes.split(","):
+        runs = [measure(mode, f"cp-bench-{i}") for i in range(args.repeats)]
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        print(
+            f"{mode}: stopped node's routes dropped after {med['dropped']:.1f}s, "
+            f"back {med['back']:.1f}s after start (median of {len(runs)})",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
