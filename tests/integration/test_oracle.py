@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 from scapy.layers.inet import UDP
 from scapy.layers.vxlan import VXLAN
 from scapy.utils import rdpcap
+
+from labctl import state
+from labctl.nsutil import nsenter_argv
 
 from .conftest import labctl, labctl_json
 
@@ -31,16 +35,24 @@ def vxlan_lab() -> Iterator[str]:
         labctl("down", "-n", name, check=False)
 
 
-def _json(lab: str, node: str, *argv: str) -> list[dict]:
-    return json.loads(labctl("exec", "-n", lab, node, "--", *argv).stdout)
+def _run(pid: int, *argv: str) -> str:
+    # nsenter straight from the test: a `labctl exec` per command costs a CLI start each.
+    return subprocess.run(
+        nsenter_argv(pid, list(argv)), capture_output=True, text=True, check=True
+    ).stdout
 
 
 def recreate_with_vni(lab: str, node: str, vni: int) -> None:
     """Replace `node`'s vxlan.calico by one identical but for its VNI (the kernel cannot
     change a VNI in place), with its address, neighbours, FDB entries and routes."""
-    (link,) = _json(lab, node, "ip", "-j", "-d", "link", "show", DEV)
+    pid = state.load(lab).namespaces[node].pid
+
+    def js(*argv: str) -> list[dict]:
+        return json.loads(_run(pid, *argv))
+
+    (link,) = js("ip", "-j", "-d", "link", "show", DEV)
     info = link["linkinfo"]["info_data"]
-    (addr,) = _json(lab, node, "ip", "-j", "addr", "show", "dev", DEV)
+    (addr,) = js("ip", "-j", "addr", "show", "dev", DEV)
     cmds = [
         f"ip link del {DEV}",
         f"ip link add {DEV} address {link['address']} mtu {link['mtu']} type vxlan id {vni} "
@@ -49,19 +61,21 @@ def recreate_with_vni(lab: str, node: str, vni: int) -> None:
         f"ip link set {DEV} up",
         *(
             f"ip neigh replace {n['dst']} lladdr {n['lladdr']} dev {DEV} nud permanent"
-            for n in _json(lab, node, "ip", "-j", "neigh", "show", "dev", DEV)
+            for n in js("ip", "-j", "neigh", "show", "dev", DEV)
         ),
         *(
             f"bridge fdb append {f['mac']} dev {DEV} dst {f['dst']} self permanent"
-            for f in _json(lab, node, "bridge", "-j", "fdb", "show", "dev", DEV)
+            for f in js("bridge", "-j", "fdb", "show", "dev", DEV)
             if "dst" in f
         ),
         *(
             f"ip route replace {r['dst']} via {r['gateway']} dev {DEV} onlink"
-            for r in _json(lab, node, "ip", "-j", "route", "show", "dev", DEV)
+            for r in js("ip", "-j", "route", "show", "dev", DEV)
         ),
     ]
-    labctl("exec", "-n", lab, node, "--", "sh", "-ec", "; ".join(cmds))
+    _run(pid, "sh", "-ec", "; ".join(cmds))
+    (link,) = js("ip", "-j", "-d", "link", "show", DEV)
+    assert link["linkinfo"]["info_data"]["id"] == vni
 
 
 def test_calico_vxlan_is_4789_vni_4096_on_the_wire(vxlan_lab: str) -> None:
