@@ -495,16 +495,14 @@ def _spec_carrier(spec: WireSpec) -> Carrier:
     return Carrier(spec.encap, port=spec.port, vni=spec.vni)
 
 
-def _pod_traffic(
-    index: CaptureIndex, pod_cidr: str
-) -> Iterable[tuple[tuple[str, str], Carrier, int]]:
-    """(pair, carrier, packets) for every innermost pair with a pod-CIDR address."""
+def _pod_traffic(index: CaptureIndex, pod_cidr: str) -> Iterable[tuple[tuple[str, str], _Obs, int]]:
+    """(pair, observation, packets) for every innermost pair with a pod-CIDR address."""
     net = ipaddress.ip_network(pod_cidr, strict=False)
     for pair, observations in index.pairs.items():
         if not (_in_cidr(pair[0], net) or _in_cidr(pair[1], net)):
             continue
         for obs, count in observations.items():
-            yield pair, obs.carrier, count
+            yield pair, obs, count
 
 
 def check_capture_for_mode(
@@ -523,12 +521,16 @@ def check_capture_for_mode(
     """
     index = _as_index(packets)
     allowed_list = list(allowed)
-    # Keyed by the allowed spec a packet matched, or by its carrier when none matched.
-    packets_by: Counter[WireSpec | Carrier] = Counter()
-    pairs_by: dict[WireSpec | Carrier, set[tuple[str, str]]] = {}
-    for pair, carrier, count in _pod_traffic(index, pod_cidr):
+    # Keyed by the allowed spec a packet matched, or by what was seen when none matched (a
+    # fragment never matches: the first one still shows the pod pair inside).
+    packets_by: Counter[WireSpec | str] = Counter()
+    pairs_by: dict[WireSpec | str, set[tuple[str, str]]] = {}
+    for pair, obs, count in _pod_traffic(index, pod_cidr):
+        carrier = obs.carrier
         spec = next((s for s in allowed_list if _carrier_matches(_spec_carrier(s), carrier)), None)
-        key: WireSpec | Carrier = carrier if spec is None else spec
+        key: WireSpec | str = _describe(carrier) if spec is None else spec
+        if obs.fragment:
+            key = f"{_describe(carrier)} in IP fragments ({_FRAGMENT_WHY})"
         packets_by[key] += count
         pairs_by.setdefault(key, set()).add(pair)
     if not packets_by:
@@ -552,14 +554,12 @@ def check_capture_for_mode(
         for key, count in packets_by.items()
         if isinstance(key, WireSpec)
     ]
-    unexpected = [
-        (key, count) for key, count in packets_by.most_common() if isinstance(key, Carrier)
-    ]
+    unexpected = [(key, count) for key, count in packets_by.most_common() if isinstance(key, str)]
     if unexpected:
         allowed_text = ", ".join(_describe(_spec_carrier(s)) for s in allowed_list) or "nothing"
         found = "; ".join(
-            f"{_describe(carrier)}: {count} packets, e.g. {examples(pairs_by[carrier])}"
-            for carrier, count in unexpected
+            f"{seen}: {count} packets, e.g. {examples(pairs_by[seen])}"
+            for seen, count in unexpected
         )
         detail = f"mode allows {allowed_text}; saw unexpected {found}"
         results.append(CheckResult("wire: unexpected carriers", False, detail, pcap))
@@ -570,8 +570,8 @@ def summarize(packets: Capture, pod_cidr: str) -> dict[str, object]:
     """Counts for a CLI table: all packets, pod packets, and pod packets per carrier."""
     index = _as_index(packets)
     carriers: Counter[str] = Counter()
-    for _pair, carrier, count in _pod_traffic(index, pod_cidr):
-        carriers[_describe(carrier)] += count
+    for _pair, obs, count in _pod_traffic(index, pod_cidr):
+        carriers[_describe(obs.carrier)] += count
     return {
         "packets": index.packets,
         "pod_packets": sum(carriers.values()),

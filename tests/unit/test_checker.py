@@ -26,7 +26,7 @@ from labctl.checker import (
     summarize,
 )
 from labctl.topology import parse_topology
-from labctl.verify import oracle_flows
+from labctl.verify import oracle_flows, verify_pcap
 from labctl.wire import Flow, WireSpec
 
 POD_CIDR = "10.244.0.0/16"
@@ -537,6 +537,37 @@ def test_mode_check_rejects_other_carriers() -> None:
     assert "saw unexpected bare packets: 2 packets" in failed[0].detail
     assert "VXLAN VNI 2 on UDP 8472: 1 packets" in failed[0].detail
     assert f"{POD_A} -> {POD_B}" in failed[0].detail
+
+
+def test_mode_check_rejects_fragmented_tunnel_packets() -> None:
+    big = vxlan() / Raw(b"x" * 1400)
+    results = check_capture_for_mode(_fragments(big), [FLANNEL_VXLAN], POD_CIDR)
+    (failed,) = [r for r in results if not r.passed]
+    assert "VXLAN VNI 1 on UDP 8472 in IP fragments" in failed.detail
+    assert "the pod MTU is too large" in failed.detail
+
+
+@pytest.mark.parametrize(
+    ("mode", "good", "bad"),
+    [
+        ("calico-vxlan", lambda: both_ways(vxlan, port=4789, vni=4096), lambda: both_ways(vxlan)),
+        ("flannel-udp", lambda: both_ways(udp_encap), lambda: both_ways(bare)),
+        ("calico-ipip-crosssubnet", lambda: both_ways(bare), lambda: both_ways(udp_encap)),
+    ],
+)
+def test_verify_pcap_takes_the_modes_wire_from_the_oracle(
+    tmp_path: Path,
+    mode: str,
+    good: Callable[[], list[Packet]],
+    bad: Callable[[], list[Packet]],
+) -> None:
+    path = tmp_path / "cap.pcap"
+    wrpcap(str(path), good())
+    assert verify_pcap(path, mode, POD_CIDR).passed
+    wrpcap(str(path), bad())
+    report = verify_pcap(path, mode, POD_CIDR)
+    assert not report.passed
+    assert "wire: unexpected carriers" in [c.name for c in report.checks]
 
 
 def test_mode_check_without_pod_traffic_fails() -> None:
