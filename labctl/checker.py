@@ -66,6 +66,7 @@ _SCAN_LIMIT = 128
 _IPV4_START = re.compile(rb"[\x45-\x4f]")
 # Summaries quoted in a failure detail; more would not fit on one readable line.
 _MAX_EXAMPLES = 3
+_FRAGMENT_WHY = "a packet was bigger than a link on the way: the pod MTU is too large"
 
 
 class CaptureError(LabctlError):
@@ -89,6 +90,9 @@ class _Obs(NamedTuple):
     outer_src: str
     outer_dst: str
     eth_dst: str | None  # None when the capture has no Ethernet header (cooked capture)
+    # The outer packet is an IP fragment (offset or more-fragments set): something on the
+    # way had a smaller MTU than the packet, which a correct pod MTU never lets happen.
+    fragment: bool = False
 
 
 @dataclass
@@ -110,6 +114,7 @@ class _IPv4(NamedTuple):
     ihl: int
     total_len: int
     first_fragment: bool
+    more_fragments: bool
 
 
 def load_packets(path: str | Path) -> list[Packet]:
@@ -142,7 +147,8 @@ def _parse_ipv4(data: bytes, off: int, *, verify: bool) -> _IPv4 | None:
         csum = (csum & 0xFFFF) + (csum >> 16)
         if csum != 0xFFFF:
             return None
-    frag_offset = int.from_bytes(data[off + 6 : off + 8], "big") & 0x1FFF
+    flags_offset = int.from_bytes(data[off + 6 : off + 8], "big")
+    frag_offset = flags_offset & 0x1FFF
     return _IPv4(
         src=socket.inet_ntoa(data[off + 12 : off + 16]),
         dst=socket.inet_ntoa(data[off + 16 : off + 20]),
@@ -150,6 +156,7 @@ def _parse_ipv4(data: bytes, off: int, *, verify: bool) -> _IPv4 | None:
         ihl=ihl,
         total_len=total_len,
         first_fragment=frag_offset == 0,
+        more_fragments=bool(flags_offset & 0x2000),
     )
 
 
@@ -206,10 +213,12 @@ def _classify_ip(data: bytes, eth_dst: str | None) -> tuple[tuple[str, str], _Ob
             if scanned is not None:
                 offset, inner = scanned
                 found = Carrier("ip-proto", proto=outer.proto, hdr_len=offset), inner
+    fragment = outer.more_fragments or not outer.first_fragment
     if found is None:
-        return (outer.src, outer.dst), _Obs(Carrier("bare"), outer.src, outer.dst, eth_dst)
+        obs = _Obs(Carrier("bare"), outer.src, outer.dst, eth_dst, fragment)
+        return (outer.src, outer.dst), obs
     carrier, inner = found
-    return (inner.src, inner.dst), _Obs(carrier, outer.src, outer.dst, eth_dst)
+    return (inner.src, inner.dst), _Obs(carrier, outer.src, outer.dst, eth_dst, fragment)
 
 
 def _classify(pkt: Packet) -> tuple[tuple[str, str], _Obs] | None:
@@ -334,7 +343,9 @@ def _obs_problem(flow: Flow, obs: _Obs, forward: bool, *, check_l2: bool) -> str
     """Why ``obs`` (a packet of ``flow``'s pair) is not carried as ``flow`` requires."""
     want = _expected_carrier(flow)
     if not _carrier_matches(want, obs.carrier):
-        return _describe(obs.carrier)
+        return _describe(obs.carrier) + (" in IP fragments" if obs.fragment else "")
+    if obs.fragment:
+        return f"{_describe(obs.carrier)} in IP fragments ({_FRAGMENT_WHY})"
     if flow.encap != "bare":
         node_ips = (
             (flow.src_node_ip, flow.dst_node_ip)
@@ -429,6 +440,8 @@ def _obs_summary(pair: tuple[str, str], obs: _Obs, count: int) -> str:
     text = f"{pair[0]} -> {pair[1]} as {_describe(obs.carrier)}"
     if obs.carrier.encap != "bare":
         text += f" (outer {obs.outer_src} -> {obs.outer_dst})"
+    if obs.fragment:
+        text += " in IP fragments"
     return f"{text} x{count}"
 
 
@@ -438,8 +451,9 @@ def check_no_leaks(
     """Check that every packet with a pod-CIDR address (outer or inner) belongs to a flow.
 
     Belonging means: the packet's pod pair is one of ``flows`` (either direction) and it is
-    carried with that flow's encapsulation and outer node IPs. ARP, IPv6 and packets without
-    any pod-CIDR address (node-to-node traffic such as BGP) are ignored.
+    carried with that flow's encapsulation and outer node IPs, unfragmented. ARP, IPv6 and
+    packets without any pod-CIDR address (node-to-node traffic such as BGP) are ignored,
+    except IP fragments: a fragment is never expected, whatever its addresses.
     """
     index = _as_index(packets)
     net = ipaddress.ip_network(pod_cidr, strict=False)
@@ -452,7 +466,9 @@ def check_no_leaks(
     for pair, observations in index.pairs.items():
         for obs, count in observations.items():
             addrs = (*pair, obs.outer_src, obs.outer_dst)
-            if not any(_in_cidr(a, net) for a in addrs):
+            # A later fragment of a tunnel packet shows only the node addresses: still pod
+            # traffic that crossed wrongly.
+            if not obs.fragment and not any(_in_cidr(a, net) for a in addrs):
                 continue
             pod_packets += count
             candidates = by_pair.get(pair, [])
@@ -480,16 +496,14 @@ def _spec_carrier(spec: WireSpec) -> Carrier:
     return Carrier(spec.encap, port=spec.port, vni=spec.vni)
 
 
-def _pod_traffic(
-    index: CaptureIndex, pod_cidr: str
-) -> Iterable[tuple[tuple[str, str], Carrier, int]]:
-    """(pair, carrier, packets) for every innermost pair with a pod-CIDR address."""
+def _pod_traffic(index: CaptureIndex, pod_cidr: str) -> Iterable[tuple[tuple[str, str], _Obs, int]]:
+    """(pair, observation, packets) for every innermost pair with a pod-CIDR address."""
     net = ipaddress.ip_network(pod_cidr, strict=False)
     for pair, observations in index.pairs.items():
         if not (_in_cidr(pair[0], net) or _in_cidr(pair[1], net)):
             continue
         for obs, count in observations.items():
-            yield pair, obs.carrier, count
+            yield pair, obs, count
 
 
 def check_capture_for_mode(
@@ -508,12 +522,16 @@ def check_capture_for_mode(
     """
     index = _as_index(packets)
     allowed_list = list(allowed)
-    # Keyed by the allowed spec a packet matched, or by its carrier when none matched.
-    packets_by: Counter[WireSpec | Carrier] = Counter()
-    pairs_by: dict[WireSpec | Carrier, set[tuple[str, str]]] = {}
-    for pair, carrier, count in _pod_traffic(index, pod_cidr):
+    # Keyed by the allowed spec a packet matched, or by what was seen when none matched (a
+    # fragment never matches: the first one still shows the pod pair inside).
+    packets_by: Counter[WireSpec | str] = Counter()
+    pairs_by: dict[WireSpec | str, set[tuple[str, str]]] = {}
+    for pair, obs, count in _pod_traffic(index, pod_cidr):
+        carrier = obs.carrier
         spec = next((s for s in allowed_list if _carrier_matches(_spec_carrier(s), carrier)), None)
-        key: WireSpec | Carrier = carrier if spec is None else spec
+        key: WireSpec | str = _describe(carrier) if spec is None else spec
+        if obs.fragment:
+            key = f"{_describe(carrier)} in IP fragments ({_FRAGMENT_WHY})"
         packets_by[key] += count
         pairs_by.setdefault(key, set()).add(pair)
     if not packets_by:
@@ -537,14 +555,12 @@ def check_capture_for_mode(
         for key, count in packets_by.items()
         if isinstance(key, WireSpec)
     ]
-    unexpected = [
-        (key, count) for key, count in packets_by.most_common() if isinstance(key, Carrier)
-    ]
+    unexpected = [(key, count) for key, count in packets_by.most_common() if isinstance(key, str)]
     if unexpected:
         allowed_text = ", ".join(_describe(_spec_carrier(s)) for s in allowed_list) or "nothing"
         found = "; ".join(
-            f"{_describe(carrier)}: {count} packets, e.g. {examples(pairs_by[carrier])}"
-            for carrier, count in unexpected
+            f"{seen}: {count} packets, e.g. {examples(pairs_by[seen])}"
+            for seen, count in unexpected
         )
         detail = f"mode allows {allowed_text}; saw unexpected {found}"
         results.append(CheckResult("wire: unexpected carriers", False, detail, pcap))
@@ -555,8 +571,8 @@ def summarize(packets: Capture, pod_cidr: str) -> dict[str, object]:
     """Counts for a CLI table: all packets, pod packets, and pod packets per carrier."""
     index = _as_index(packets)
     carriers: Counter[str] = Counter()
-    for _pair, carrier, count in _pod_traffic(index, pod_cidr):
-        carriers[_describe(carrier)] += count
+    for _pair, obs, count in _pod_traffic(index, pod_cidr):
+        carriers[_describe(obs.carrier)] += count
     return {
         "packets": index.packets,
         "pod_packets": sum(carriers.values()),

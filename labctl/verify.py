@@ -1,23 +1,29 @@
 """verify: probe every pod pair while capturing every node's underlay, then prove from the
 pcaps (Scapy, labctl.checker) that each pair crossed the wire the way the mode says, that
-nothing else did, and that the pod MTU is exactly right."""
+nothing else did, and that the pod MTU is exactly right. What "the way the mode says" and
+"right" mean comes from labctl.oracle (the reference, as data), not from the plan that
+configured the devices, so a wrong planner constant fails here."""
 
 from __future__ import annotations
 
+import fcntl
+import socket
+import struct
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
-from labctl import checker, checks, state, store
+from labctl import checker, checks, oracle, state, store
 from labctl.capture import CAPTURE_ROOT, Capture
 from labctl.checks.nat import outgoing_nat_checks
 from labctl.controlplane.dynamics import leftovers
 from labctl.modes import get_mode
-from labctl.nsutil import nsenter_argv
-from labctl.plan import UNDERLAY_IF, Plan, flows_for
+from labctl.nsutil import in_netns, nsenter_argv
+from labctl.plan import UNDERLAY_IF, PodLike
 from labctl.policy import checks as policy_checks
 from labctl.probe import Result, arp_table_fulls, probe
 from labctl.services.checks import (
@@ -29,9 +35,12 @@ from labctl.services.checks import (
 from labctl.services.endpoints import compute_slices
 from labctl.store import PodRecord
 from labctl.topology import Topology, load_topology
-from labctl.wire import CheckResult, Flow
+from labctl.wire import CheckResult, Flow, WireSpec
 
 MAX_PINGS = 64  # ping processes at once: a 20-node lab has 760 MTU probes
+POD_IF = "eth0"
+_SIOCGIFMTU = 0x8921
+_SIOCGIFHWADDR = 0x8927
 
 
 @dataclass
@@ -96,16 +105,51 @@ def connectivity_checks(
     return out
 
 
+def link_info(pid: int, ifname: str) -> tuple[str, int]:
+    """(MAC, MTU) of `ifname` in the network namespace of `pid`, as the kernel has them."""
+    with in_netns(pid):
+        # The socket stays in that namespace; the ioctls look the name up there.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        req = struct.pack("256s", ifname.encode())
+        mac = fcntl.ioctl(sock.fileno(), _SIOCGIFHWADDR, req)[18:24].hex(":")
+        mtu = struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCGIFMTU, req)[16:20])[0]
+    finally:
+        sock.close()
+    return mac, mtu
+
+
+def mtu_verdict(
+    name: str, expected: int, reason: str, link_mtu: int, fits: bool, over: bool
+) -> CheckResult:
+    """The MTU check of one pod pair: the source pod's eth0 has exactly the oracle's MTU, a
+    DF packet of that size crosses to the other pod and one byte more does not."""
+    ok = fits and not over and link_mtu == expected
+    detail = (
+        f"{expected}-byte DF packet {'passed' if fits else 'FAILED'}, "
+        f"{expected + 1}-byte {'was refused' if not over else 'PASSED (MTU too large)'}; "
+    )
+    if link_mtu == expected:
+        detail += f"pod eth0 MTU {link_mtu} ({reason})"
+    else:
+        wrong = "too small" if link_mtu < expected else "too large"
+        detail += f"pod eth0 MTU {link_mtu} is {wrong}: expected {expected} ({reason})"
+    return CheckResult(name, ok, detail)
+
+
 def mtu_checks(
     pods: list[PodRecord],
-    plan: Plan,
+    mode: str,
+    topo: Topology,
     pids: dict[str, int],
     icmp_allowed: dict[tuple[str, str], bool] | None = None,
 ) -> list[CheckResult]:
-    """Per ordered node pair: a DF ping of exactly the source pod's MTU passes, one byte
-    more fails (between the first pod pair of those nodes whose ICMP policy allows)."""
+    """Per ordered node pair: a DF ping of exactly the oracle's pod MTU passes, one byte
+    more fails, and the source pod's eth0 has that MTU (between the first pod pair of those
+    nodes whose ICMP policy allows)."""
     ip_of = {p.key: p.ip for p in pods}
-    mtu_of = {p.key: plan.node_pod_mtu[p.node] for p in pods}
+    node_of = {p.key: p.node for p in pods}
+    mtu_of = {p.key: oracle.node_pod_mtu(mode, topo, p.node) for p in pods}
     chosen: dict[tuple[str, str], tuple[str, str]] = {}
     for a in pods:
         for b in pods:
@@ -129,17 +173,51 @@ def mtu_checks(
             wave.append(((src, dst, size), p))
         for key, p in wave:
             passed[key] = p.wait() == 0
+    link_mtu = {src: link_info(pids[src], POD_IF)[1] for src, _ in chosen.values()}
     out = []
-    for src, dst in {(s, d) for s, d, _ in jobs}:
+    for src, dst in chosen.values():
         mtu = mtu_of[src]
+        reason = oracle.mtu_reason(mode, topo, node_of[src])
         fits, over = passed[(src, dst, mtu)], passed[(src, dst, mtu + 1)]
-        ok = fits and not over
-        detail = (
-            f"{mtu}-byte DF packet {'passed' if fits else 'FAILED'}, "
-            f"{mtu + 1}-byte {'was refused' if not over else 'PASSED (MTU too large)'}"
-        )
-        out.append(CheckResult(f"mtu {src} -> {dst}", ok, detail))
+        out.append(mtu_verdict(f"mtu {src} -> {dst}", mtu, reason, link_mtu[src], fits, over))
     return sorted(out, key=lambda c: c.name)
+
+
+def oracle_flows(
+    pods: Sequence[PodLike], mode: str, topo: Topology, node_macs: dict[str, str]
+) -> list[Flow]:
+    """One Flow per ordered pair of `pods` on different nodes, carried as the oracle says:
+    encapsulated between the two nodes' underlay addresses, or bare (to the peer node's
+    MAC, `node_macs`, where the oracle names it as the next hop)."""
+    paths = oracle.paths(mode, topo)
+    out = []
+    for src in pods:
+        for dst in pods:
+            if src.node == dst.node:
+                continue
+            path = paths[(src.node, dst.node)]
+            out.append(
+                Flow(
+                    src_pod=src.key,
+                    dst_pod=dst.key,
+                    src_pod_ip=src.ip,
+                    dst_pod_ip=dst.ip,
+                    src_node=src.node,
+                    dst_node=dst.node,
+                    src_node_ip=str(topo.nodes[src.node].ip),
+                    dst_node_ip=str(topo.nodes[dst.node].ip),
+                    encap=path.carrier.encap,
+                    port=path.carrier.port,
+                    vni=path.carrier.vni,
+                    next_hop_mac=None if path.next_hop is None else node_macs[path.next_hop],
+                )
+            )
+    return out
+
+
+def oracle_wire_specs(mode: str) -> list[WireSpec]:
+    """Every way the oracle lets `mode` carry pod traffic, as the checker takes them."""
+    return [WireSpec(c.encap, c.port, c.vni) for c in oracle.mode_wire(mode).carriers]
 
 
 def wire_checks(
@@ -265,7 +343,8 @@ def verify(lab: str, with_mtu: bool = True) -> Report:
             report.add(c)
     # Pairs a policy blocks send nothing back: the wire is checked where both protocols pass.
     open_pairs = {k for k, ok in expect["tcp"].items() if ok and expect["udp"].get(k, True)}
-    all_flows = flows_for(pods, plan, topo)
+    node_macs = {n: link_info(pids[n], UNDERLAY_IF)[0] for n in nodes}
+    all_flows = oracle_flows(pods, st.mode, topo, node_macs)
     flows = [f for f in all_flows if (f.src_pod, f.dst_pod) in open_pairs]
     for c in wire_checks(flows, pcaps, topo.cluster.podCIDR, all_flows=all_flows):
         report.add(c)
@@ -288,7 +367,7 @@ def verify(lab: str, with_mtu: bool = True) -> Report:
         # The kernel drops for want of ARP entries: an MTU verdict would only repeat that.
         report.notes.append("MTU checks skipped: the host's ARP table overflowed")
     elif with_mtu and len({p.node for p in pods}) > 1:
-        for c in mtu_checks(pods, plan, pids, expect["icmp"]):
+        for c in mtu_checks(pods, st.mode, topo, pids, expect["icmp"]):
             report.add(c)
     report.seconds = round(time.monotonic() - started, 3)
     return report
@@ -296,7 +375,7 @@ def verify(lab: str, with_mtu: bool = True) -> Report:
 
 def verify_pcap(path: Path, mode: str, pod_cidr: str) -> Report:
     """Check a capture taken anywhere (a real cluster) against what `mode` puts on the wire."""
-    wire = get_mode(mode).wire_specs
+    wire = oracle_wire_specs(mode)
     report = Report(lab="(pcap)", mode=mode)
     index = checker.index_pcap(path)
     for c in checker.check_capture_for_mode(index, wire, pod_cidr, pcap=str(path)):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.inet6 import ICMPv6ND_RS, IPv6
 from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
@@ -25,6 +25,8 @@ from labctl.checker import (
     load_packets,
     summarize,
 )
+from labctl.topology import parse_topology
+from labctl.verify import oracle_flows, verify_pcap
 from labctl.wire import Flow, WireSpec
 
 POD_CIDR = "10.244.0.0/16"
@@ -294,6 +296,163 @@ def test_check_flows_one_result_per_flow_from_one_index() -> None:
     assert all(r.pcap == "x.pcap" for r in results)
 
 
+# ---------------------------------------------------------------- against the oracle
+# Flows built by verify from labctl.oracle (not from the planner), on a fabric matching the
+# addresses above: node1 and node2 share lan1, node3 sits behind router r1 on lan2.
+
+ORACLE_TOPOLOGY = parse_topology(
+    {
+        "name": "oracle",
+        "segments": {"lan1": {"cidr": "10.0.0.0/24"}, "lan2": {"cidr": "10.0.1.0/24"}},
+        "routers": {"r1": {"interfaces": {"lan1": "10.0.0.1", "lan2": "10.0.1.1"}}},
+        "nodes": {
+            "node1": {"segment": "lan1", "ip": NODE1},
+            "node2": {"segment": "lan1", "ip": NODE2},
+            "node3": {"segment": "lan2", "ip": NODE3},
+        },
+    }
+)
+
+
+@dataclasses.dataclass
+class _Pod:
+    key: str
+    ip: str
+    node: str
+
+
+def oracle_flow(mode: str, dst: str = "node2") -> Flow:
+    """The oracle's flow POD_A (node1) -> the pod on `dst` (POD_B on node2, POD_C on node3)."""
+    pods = [_Pod("default/a", POD_A, "node1")]
+    pods += [_Pod("default/b", POD_B, "node2")] if dst == "node2" else []
+    pods += [_Pod("default/c", POD_C, "node3")] if dst == "node3" else []
+    macs = {"node1": MAC1, "node2": MAC2, "node3": "02:00:00:00:00:03"}
+    return oracle_flows(pods, mode, ORACLE_TOPOLOGY, macs)[0]
+
+
+@pytest.mark.parametrize(
+    ("mode", "packets"),
+    [
+        ("calico-vxlan", lambda: both_ways(vxlan, port=4789, vni=4096)),
+        ("canal", lambda: both_ways(vxlan)),
+        ("flannel-udp", lambda: both_ways(udp_encap)),
+        ("flannel-ipip", lambda: both_ways(ipip)),
+        ("calico-ipip", lambda: both_ways(ipip)),
+        ("calico-vxlan-crosssubnet", lambda: both_ways(bare)),
+        ("flannel-host-gw", lambda: both_ways(bare)),
+    ],
+)
+def test_the_oracles_flow_passes_the_right_wire(
+    mode: str, packets: Callable[[], list[Packet]]
+) -> None:
+    # The positive twin of every negative below: the same flows do pass on the right wire.
+    result = check_flow(packets(), oracle_flow(mode))
+    assert result.passed, result.detail
+
+
+def test_calico_vni_1_instead_of_4096() -> None:
+    result = check_flow(both_ways(vxlan, port=4789, vni=1), oracle_flow("calico-vxlan"))
+    assert not result.passed
+    assert "expected VXLAN VNI 4096 on UDP 4789 between 10.0.0.32 and 10.0.0.33" in result.detail
+    assert "saw VXLAN VNI 1 on UDP 4789 (3 packets src->dst, 3 packets dst->src)" in result.detail
+
+
+def test_calico_with_flannels_port_and_vni() -> None:
+    result = check_flow(both_ways(vxlan), oracle_flow("calico-vxlan"))
+    assert not result.passed and "saw VXLAN VNI 1 on UDP 8472" in result.detail
+
+
+def test_udp_with_a_wrong_outer_ip() -> None:
+    # Right port, right payload, but sent to node3's address instead of node2's.
+    result = check_flow([udp_encap(outer=(NODE1, NODE3))], oracle_flow("flannel-udp"))
+    assert not result.passed
+    assert (
+        f"UDP 8285 carrying the bare IP packet with outer {NODE1} -> {NODE3} "
+        f"(expected {NODE1} -> {NODE2})"
+    ) in result.detail
+
+
+def test_udp_where_bare_is_seen() -> None:
+    result = check_flow(both_ways(bare), oracle_flow("flannel-udp"))
+    assert not result.passed
+    assert "expected UDP 8285 carrying the bare IP packet between" in result.detail
+    assert "saw bare packets (3 packets src->dst, 3 packets dst->src)" in result.detail
+
+
+@pytest.mark.parametrize("mode", ["flannel-ipip", "calico-ipip"])
+@pytest.mark.parametrize(
+    ("seen", "wording"),
+    [
+        (lambda: both_ways(bare), "saw bare packets"),
+        (lambda: both_ways(vxlan, port=4789, vni=4096), "saw VXLAN VNI 4096 on UDP 4789"),
+    ],
+)
+def test_ipip_where_bare_or_vxlan_is_seen(
+    mode: str, seen: Callable[[], list[Packet]], wording: str
+) -> None:
+    result = check_flow(seen(), oracle_flow(mode))
+    assert not result.passed
+    assert "expected IPIP (IP protocol 4) between 10.0.0.32 and 10.0.0.33" in result.detail
+    assert wording in result.detail
+
+
+def test_crosssubnet_ipip_to_a_same_subnet_peer() -> None:
+    # CrossSubnet: node1 -> node2 share lan1, so IPIP there is wrong; node3 needs it.
+    result = check_flow(both_ways(ipip), oracle_flow("calico-ipip-crosssubnet"))
+    assert not result.passed
+    assert f"expected bare packets to next hop {MAC2}, saw IPIP" in result.detail
+    remote = oracle_flow("calico-ipip-crosssubnet", dst="node3")
+    assert check_flow([ipip(POD_A, POD_C, outer=(NODE1, NODE3))], remote).passed
+    assert not check_flow([bare(POD_A, POD_C, eth_dst=MAC2)], remote).passed
+
+
+@pytest.mark.parametrize(
+    ("mode", "make"),
+    [
+        ("calico-vxlan", lambda o: vxlan(outer=o, port=4789, vni=4096)),
+        ("flannel-udp", lambda o: udp_encap(outer=o)),
+        ("flannel-ipip", lambda o: ipip(outer=o)),
+    ],
+)
+def test_right_carrier_between_the_wrong_nodes(
+    mode: str, make: Callable[[tuple[str, str]], Packet]
+) -> None:
+    # Pod a (node1) -> pod b (node2), but the tunnel runs node3 -> node2: relayed or spoofed.
+    result = check_flow([make((NODE3, NODE2))], oracle_flow(mode))
+    assert not result.passed
+    assert f"outer {NODE3} -> {NODE2} (expected {NODE1} -> {NODE2})" in result.detail
+    leak = check_no_leaks([make((NODE3, NODE2))], [oracle_flow(mode)], POD_CIDR)
+    assert not leak.passed and f"(outer {NODE3} -> {NODE2})" in leak.detail
+
+
+def _fragments(packet: Packet, size: int = 600) -> list[Packet]:
+    """`packet`'s outer IPv4 packet split into fragments, each in an Ethernet frame."""
+    return [Ether(src=MAC1, dst=MAC2) / f for f in fragment(packet[IP], fragsize=size)]
+
+
+def test_fragmented_tunnel_packets_fail() -> None:
+    big = vxlan(port=4789, vni=4096)
+    big[ICMP].remove_payload()
+    big = big / Raw(b"x" * 1400)  # a 1450-byte pod packet: 1500 on the wire, over 600
+    frags = _fragments(big)
+    assert len(frags) == 3
+    result = check_flow(frags, oracle_flow("calico-vxlan"))
+    assert not result.passed
+    assert "VXLAN VNI 4096 on UDP 4789 in IP fragments" in result.detail
+    assert "the pod MTU is too large" in result.detail
+    # The later fragments carry only the node addresses: the leak check still names them.
+    leak = check_no_leaks(frags, [oracle_flow("calico-vxlan")], POD_CIDR)
+    assert not leak.passed
+    assert f"{NODE1} -> {NODE2} as bare packets in IP fragments x2" in leak.detail
+    assert f"{POD_A} -> {POD_B} as VXLAN VNI 4096 on UDP 4789" in leak.detail
+
+
+def test_fragmented_bare_packets_fail() -> None:
+    big = bare() / Raw(b"x" * 1400)
+    result = check_flow(_fragments(big), oracle_flow("flannel-host-gw"))
+    assert not result.passed and "bare packets in IP fragments" in result.detail
+
+
 # ---------------------------------------------------------------- cooked captures
 
 
@@ -378,6 +537,37 @@ def test_mode_check_rejects_other_carriers() -> None:
     assert "saw unexpected bare packets: 2 packets" in failed[0].detail
     assert "VXLAN VNI 2 on UDP 8472: 1 packets" in failed[0].detail
     assert f"{POD_A} -> {POD_B}" in failed[0].detail
+
+
+def test_mode_check_rejects_fragmented_tunnel_packets() -> None:
+    big = vxlan() / Raw(b"x" * 1400)
+    results = check_capture_for_mode(_fragments(big), [FLANNEL_VXLAN], POD_CIDR)
+    (failed,) = [r for r in results if not r.passed]
+    assert "VXLAN VNI 1 on UDP 8472 in IP fragments" in failed.detail
+    assert "the pod MTU is too large" in failed.detail
+
+
+@pytest.mark.parametrize(
+    ("mode", "good", "bad"),
+    [
+        ("calico-vxlan", lambda: both_ways(vxlan, port=4789, vni=4096), lambda: both_ways(vxlan)),
+        ("flannel-udp", lambda: both_ways(udp_encap), lambda: both_ways(bare)),
+        ("calico-ipip-crosssubnet", lambda: both_ways(bare), lambda: both_ways(udp_encap)),
+    ],
+)
+def test_verify_pcap_takes_the_modes_wire_from_the_oracle(
+    tmp_path: Path,
+    mode: str,
+    good: Callable[[], list[Packet]],
+    bad: Callable[[], list[Packet]],
+) -> None:
+    path = tmp_path / "cap.pcap"
+    wrpcap(str(path), good())
+    assert verify_pcap(path, mode, POD_CIDR).passed
+    wrpcap(str(path), bad())
+    report = verify_pcap(path, mode, POD_CIDR)
+    assert not report.passed
+    assert "wire: unexpected carriers" in [c.name for c in report.checks]
 
 
 def test_mode_check_without_pod_traffic_fails() -> None:
