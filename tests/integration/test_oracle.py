@@ -5,7 +5,6 @@ two-node lab for the module."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 
@@ -17,7 +16,7 @@ from scapy.utils import rdpcap
 from labctl import state
 from labctl.nsutil import nsenter_argv
 
-from .conftest import labctl, labctl_json
+from .conftest import labctl, labctl_json, run_name
 
 pytestmark = pytest.mark.root
 
@@ -27,7 +26,7 @@ DEV = "vxlan.calico"
 @pytest.fixture(scope="module")
 def vxlan_lab() -> Iterator[str]:
     # A name of its own, so the test runs beside anyone else's labs.
-    name = f"oracle-{os.getpid() % 100000}"
+    name = "oracle"
     labctl("up", "calico-vxlan", "-t", "two-node", "-n", name)
     try:
         yield name
@@ -45,7 +44,7 @@ def _run(pid: int, *argv: str) -> str:
 def recreate_with_vni(lab: str, node: str, vni: int) -> None:
     """Replace `node`'s vxlan.calico by one identical but for its VNI (the kernel cannot
     change a VNI in place), with its address, neighbours, FDB entries and routes."""
-    pid = state.load(lab).namespaces[node].pid
+    pid = state.load(run_name(lab)).namespaces[node].pid
 
     def js(*argv: str) -> list[dict]:
         return json.loads(_run(pid, *argv))
