@@ -10,12 +10,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from labctl import state
-from labctl.datapath import ipip, udpproxy
+from labctl.datapath import bpf, ipip, udpproxy
 from labctl.nsutil import enter_netns_path, netns_path
 from labctl.plan import Plan
 
 # kind -> function(config_path) returning the argv to run.
-ARGV: dict[str, Callable[[str], list[str]]] = {"udpproxy": udpproxy.argv, "ipip": ipip.argv}
+ARGV: dict[str, Callable[[str], list[str]]] = {
+    "udpproxy": udpproxy.argv,
+    "ipip": ipip.argv,
+    "ipip-bpf": bpf.argv,
+}
 MAX_RESTARTS = 5
 READY_TIMEOUT = 10.0
 
