@@ -92,7 +92,7 @@ def resolve_datapath(feature: str | None, wanted: str) -> tuple[str, str | None]
     if wanted == "kernel" and not present:
         raise MissingFeature(
             f"--datapath kernel: this kernel cannot create {feature} devices (module missing "
-            "and not loadable); use --datapath bpf, userspace or auto"
+            "and not loadable); use --datapath userspace, bpf or auto"
         )
     if wanted == "kernel" or (wanted == "auto" and present):
         return "kernel", None
