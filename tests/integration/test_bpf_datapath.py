@@ -40,13 +40,18 @@ def _sh(lab: str, target: str, *argv: str) -> str:
     return labctl("exec", "-n", lab, target, "--", *argv).stdout
 
 
-def _prog(lab: str, node: str, dev: str, hook: str) -> dict | None:
-    """The BPF program tc shows on `dev` `hook` of `node` ({name, id}), or None."""
-    for f in json.loads(_sh(lab, node, "tc", "-j", "filter", "show", "dev", dev, hook) or "[]"):
+def _first_prog(tc_json: str) -> dict | None:
+    """The BPF program ({name, id, ...}) in `tc -j filter show` output, or None."""
+    for f in json.loads(tc_json or "[]"):
         prog = f.get("options", {}).get("prog")
         if prog:
             return dict(prog)
     return None
+
+
+def _prog(lab: str, node: str, dev: str, hook: str) -> dict | None:
+    """The BPF program tc shows on `dev` `hook` of `node`, or None."""
+    return _first_prog(_sh(lab, node, "tc", "-j", "filter", "show", "dev", dev, hook))
 
 
 def _bpffs() -> list[str]:
@@ -75,10 +80,6 @@ def bpf_lab(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, dict]]:
     ) == host_qdiscs.count("clsact")
 
 
-def _nodes(name: str) -> list[str]:
-    return [n["name"] for n in labctl_json("status", "-n", name)["nodes"]]
-
-
 def test_bpf_datapath_verifies(bpf_lab: tuple[str, str, dict]) -> None:
     mode, name, up = bpf_lab
     _, _, dev = MODES[mode]
@@ -95,13 +96,17 @@ def test_bpf_datapath_verifies(bpf_lab: tuple[str, str, dict]) -> None:
         "IPIP (IP protocol 4)" in c["detail"] for c in wire if "bare" not in c["detail"]
     )
     assert any(c["name"].startswith("mtu ") and c["passed"] for c in report["checks"])
-    for node in _nodes(name):
-        encap = _prog(name, node, dev, "egress")
-        decap = _prog(name, node, "eth0", "ingress")
+    for node in status["nodes"]:
+        # One exec per node: tc's view of both hooks, then the device.
+        script = (
+            f"tc -j filter show dev {dev} egress; echo '#--'; tc -j filter show dev eth0 "
+            f"ingress; echo '#--'; ip -d link show {dev}"
+        )
+        encap_json, decap_json, link = _sh(name, node["name"], "sh", "-c", script).split("#--", 2)
+        encap, decap = _first_prog(encap_json), _first_prog(decap_json)
         assert encap and encap["name"] == "ipip_encap", (node, encap)
         assert decap and decap["name"] == "ipip_decap", (node, decap)
         up.setdefault("_progs", []).extend([encap["id"], decap["id"]])
-        link = _sh(name, node, "ip", "-d", "link", "show", dev)
         # The real name, a TUN underneath that has carrier (held by the loader).
         assert f"{dev}:" in link and "tun type tun" in link and "NO-CARRIER" not in link
 
