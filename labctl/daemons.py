@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from labctl import state
 from labctl.controlplane import agent
-from labctl.datapath import ipip, udpproxy
+from labctl.datapath import bpf, ipip, udpproxy
 from labctl.nsutil import enter_netns_path, netns_path
 from labctl.plan import Plan
 
@@ -19,6 +19,7 @@ from labctl.plan import Plan
 ARGV: dict[str, Callable[[str], list[str]]] = {
     "udpproxy": udpproxy.argv,
     "ipip": ipip.argv,
+    "ipip-bpf": bpf.argv,
     "flannel-agent": agent.argv,
 }
 MAX_RESTARTS = 5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
 from functools import cache
 
 from pyroute2 import IPRoute
@@ -33,11 +34,57 @@ def can_create(kind: str) -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
-def resolve_datapath(feature: str | None, wanted: str) -> tuple[str, str | None]:
-    """Pick kernel or userspace for a mode needing `feature`; returns (datapath, note).
+@cache
+def can_tc_bpf() -> bool:
+    """Whether tc can attach the BPF datapath's programs here (clsact, cls_bpf, the helpers
+    the verifier must accept), tried in a forked child's private namespace on a veth pair."""
+    from labctl.datapath import bpf
 
-    `wanted` is auto, kernel or userspace. Raises MissingFeature for kernel on a kernel
-    without the feature.
+    if bpf.missing_tools():
+        return False
+    obj = bpf.ensure_object()
+    pid = os.fork()
+    if pid == 0:  # child: never returns
+        code = 1
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(CLONE_NEWNET) == 0:
+                with IPRoute() as ip:
+                    ip.link("add", ifname="probe0", kind="veth", peer="probe1")
+                code = 0
+                for hook, section in (bpf.ENCAP, bpf.DECAP):
+                    for cmd in bpf.attach_argv("probe0", hook, section, obj):
+                        if subprocess.run(cmd, capture_output=True).returncode != 0:
+                            code = 1
+        except Exception:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def _bpf_problem() -> str | None:
+    """Why the BPF datapath cannot run here, or None if it can."""
+    from labctl.datapath import bpf
+
+    missing = bpf.missing_tools()
+    if missing:
+        return f"{', '.join(missing)} not installed (run 'bash scripts/install.sh' as root)"
+    try:
+        bpf.ensure_object()
+    except bpf.BpfError as exc:
+        return str(exc)
+    if not can_tc_bpf():
+        return "tc could not attach the BPF programs (clsact/cls_bpf or a helper missing)"
+    return None
+
+
+def resolve_datapath(feature: str | None, wanted: str) -> tuple[str, str | None]:
+    """Pick the datapath for a mode needing `feature`; returns (datapath, note).
+
+    `wanted` is auto, kernel, bpf or userspace. auto is the fastest this kernel has: the
+    kernel's device, else the TC-BPF programs, else the userspace process. Raises
+    MissingFeature when the one asked for cannot run here.
     """
     if feature is None:
         if wanted != "auto":
@@ -47,16 +94,23 @@ def resolve_datapath(feature: str | None, wanted: str) -> tuple[str, str | None]
     if wanted == "kernel" and not present:
         raise MissingFeature(
             f"--datapath kernel: this kernel cannot create {feature} devices (module missing "
-            "and not loadable); use --datapath userspace or auto"
+            "and not loadable); use --datapath userspace, bpf or auto"
         )
-    if wanted == "userspace" or (wanted == "auto" and not present):
-        why = (
-            "forced by --datapath userspace"
-            if wanted == "userspace"
-            else (f"this kernel has no {feature} module")
+    if wanted == "kernel" or (wanted == "auto" and present):
+        return "kernel", None
+    if wanted == "userspace":
+        return "userspace", "datapath userspace: forced by --datapath userspace"
+    problem = _bpf_problem()
+    if wanted == "bpf":
+        if problem:
+            raise MissingFeature(f"--datapath bpf: {problem}; use --datapath userspace or auto")
+        return "bpf", "datapath bpf: forced by --datapath bpf"
+    if problem:
+        return "userspace", (
+            f"datapath userspace: this kernel has no {feature} module and the BPF datapath "
+            f"cannot run: {problem}"
         )
-        return "userspace", f"datapath userspace: {why}"
-    return "kernel", None
+    return "bpf", f"datapath bpf: this kernel has no {feature} module"
 
 
 class MissingFeature(LabctlError):

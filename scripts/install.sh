@@ -12,7 +12,7 @@ fi
 
 pkgs=(mininet frr tcpdump iperf3 iproute2 bridge-utils iptables nftables iputils-ping
       python3 python3-venv python3-pip procps psmisc util-linux ethtool curl conntrack
-      graphviz etcd-server etcd-client)
+      graphviz etcd-server etcd-client clang llvm libbpf-dev linux-libc-dev bpftool)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -45,4 +45,8 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
 fi
 "$venv/bin/python" -c "import mininet.net, pyroute2, scapy" || {
   echo "install.sh: the venv cannot import mininet/pyroute2/scapy" >&2; exit 3; }
+# The TC-BPF IPIP datapath (labctl/datapath/bpf): its object is built here with clang into
+# build/bpf/ (gitignored); `labctl up` rebuilds it when the source is newer.
+"$venv/bin/python" -c "from labctl.datapath.bpf import ensure_object; ensure_object()" || {
+  echo "install.sh: could not build the BPF datapath (labctl/datapath/bpf/ipip.bpf.c)" >&2; exit 3; }
 echo "install.sh: ready ($venv/bin/labctl)"

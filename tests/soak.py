@@ -42,7 +42,8 @@ CYCLE_MATRIX = [
     ("canal", "two-node"),
 ]
 KILLS = ("up", "supervisor", "datapath", "bgpd")
-USERSPACE = ("flannel-udp", "flannel-ipip")
+#: Datapaths that are processes of the lab: mode -> extra `up` arguments.
+USERSPACE = {"flannel-udp": (), "flannel-ipip": ("--datapath", "userspace")}
 
 
 class SoakFailure(AssertionError):
@@ -106,10 +107,10 @@ class Soak:
             raise SoakFailure(f"after {what}: " + "; ".join(problems))
 
     @contextmanager
-    def lab(self, base: str, mode: str, topology: str) -> Iterator[str]:
+    def lab(self, base: str, mode: str, topology: str, *extra: str) -> Iterator[str]:
         """A lab up for the block, down after whatever happened."""
         try:
-            cli("up", mode, "-t", topology, "-n", base)
+            cli("up", mode, "-t", topology, "-n", base, *extra)
             yield base
         finally:
             cli("down", "-n", base, check=False)
@@ -180,7 +181,7 @@ class Soak:
         self.report.together.append(count)
 
     def iperf(self, mode: str, seconds: int) -> None:
-        with self.lab("soaki", mode, "two-node"):
+        with self.lab("soaki", mode, "two-node", *USERSPACE[mode]):
             server = subprocess.Popen(
                 cli_argv("exec", "-n", "soaki", "default/pod-b", "--", "iperf3", "-s", "-1"),
                 stdout=subprocess.DEVNULL,

@@ -65,8 +65,9 @@ def modes(output: str) -> None:
     type=click.Choice(["auto", *DATAPATHS]),
     default="auto",
     show_default=True,
-    help="For modes that need a kernel device this kernel may lack (ipip): kernel, "
-    "userspace (TUN + raw socket, same bytes on the wire), or auto.",
+    help="For modes that need a kernel device this kernel may lack (ipip): kernel, bpf "
+    "(TC-BPF programs, kernel speed), userspace (TUN + raw socket, last resort), or auto: "
+    "the fastest this kernel has. All put the same bytes on the wire.",
 )
 @click.option(
     "--proxy-mode",
@@ -124,7 +125,8 @@ def up(
     for n in st.notes:
         out.print(f"[cyan]note:[/cyan] {n}", highlight=False)
     out.print(
-        f"[green]lab {lab} is up[/green] in {took:.2f}s: {m.name} on {path.name}, "
+        f"[green]lab {lab} is up[/green] in {took:.2f}s: {m.name} on {path.name} "
+        f"(datapath {st.datapath}), "
         f"{sum(1 for r in st.namespaces.values() if r.role == 'node')} nodes, "
         f"{sum(1 for r in st.namespaces.values() if r.role == 'pod')} pods. "
         f"Next: labctl verify -n {lab}"
@@ -174,7 +176,7 @@ def status(lab: str | None, output: str) -> None:
     for doc in docs:
         out.print(
             f"[bold]lab {doc['lab']}[/bold]: {doc['mode']} on {doc['topology']} "
-            f"({doc['status']}"
+            f"({doc['status']}, datapath {doc['datapath']}"
             + (f", ready in {doc['readySeconds']}s" if doc["readySeconds"] else "")
             + ")"
         )

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from labctl.plan import Plan
     from labctl.topology import Topology
 
-DATAPATHS = ("kernel", "userspace")
+DATAPATHS = ("kernel", "bpf", "userspace")
 
 
 class Backend(Protocol):
@@ -34,8 +34,8 @@ class Backend(Protocol):
     @property
     def wire(self) -> tuple[WireSpec, ...]: ...  # every way pod traffic may cross the wire
 
-    # The kernel device the backend needs that a kernel may lack ("ipip"): such a mode has a
-    # userspace datapath too, chosen with `up --datapath`.
+    # The kernel device the backend needs that a kernel may lack ("ipip"): such a mode has
+    # BPF and userspace datapaths too, chosen with `up --datapath`.
     @property
     def kernel_feature(self) -> str | None: ...
 

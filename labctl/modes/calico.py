@@ -40,7 +40,7 @@ from labctl import bgp
 from labctl.bgp import BgpNeighbor, BgpSpeaker, CalicoNode
 from labctl.modes import FELIX, Mode, register
 from labctl.modes.podnet import CALI
-from labctl.modes.tunnels import add_ipip, add_vxlan
+from labctl.modes.tunnels import add_ipip, add_vxlan, bpf_note
 from labctl.plan import (
     UNDERLAY_IF,
     Address,
@@ -405,6 +405,8 @@ def plan_calico(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
     plan = base_plan(topo, mode, datapath)
     if encap.kernel_feature is not None and datapath == "userspace":
         plan.notes.append(USERSPACE_NOTE)
+    elif encap.kernel_feature is not None and datapath == "bpf":
+        plan.notes.append(bpf_note(IPIP_DEV))
     if encap.bgp == "announce":
         plan.notes.append(NO_RIB_NOTE.format(mode=mode.name))
     blocks = {node: ipam_block(topo, node) for node in topo.nodes}

@@ -14,7 +14,7 @@ from typing import Any
 
 from labctl.modes import Mode, register
 from labctl.modes.podnet import BRIDGE
-from labctl.modes.tunnels import add_ipip, add_vxlan
+from labctl.modes.tunnels import add_ipip, add_vxlan, bpf_note
 from labctl.plan import (
     UNDERLAY_IF,
     Address,
@@ -292,6 +292,8 @@ def plan_flannel(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
     plan = base_plan(topo, mode, datapath)
     if datapath == "userspace":
         plan.notes.append(USERSPACE_NOTE)
+    elif datapath == "bpf":
+        plan.notes.append(bpf_note(IPIP_DEV))
     network = topo.cluster.podCIDR
     peers = {node: {p.name: p for p in peers_of(topo, node, VXLAN_DEV)} for node in topo.nodes}
     for node in topo.nodes:

@@ -666,8 +666,14 @@ class _Walker:
         remote = str(match["node_ip"])
         encap = "udp" if kind == "udpproxy" else "ipip"
         outer = _Outer(encap, str(config["local_ip"]), remote, config.get("port"))
+        reader = (
+            f"whose egress runs the TC-BPF program ipip_encap (labctl.datapath.bpf), taking the "
+            f"outer destination from the route's gateway"
+            if kind == "ipip-bpf"
+            else f"read by the userspace datapath labctl.datapath.{kind}"
+        )
         why.append(
-            f"{dev} is a TUN device read by the userspace datapath labctl.datapath.{kind}; its "
+            f"{dev} is a TUN device {reader}; its "
             f"table: {match['dst']} -> {remote} ({self.owner(remote)})"
         )
         why.append(self.overhead(at.ns, link, outer, "eth0"))

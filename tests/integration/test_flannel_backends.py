@@ -44,7 +44,9 @@ def test_cross_subnet_teaching_table(lab: list[str], mode: str) -> None:
 @pytest.mark.parametrize("topology", ["two-node"])  # default: test_matrix.py
 def test_userspace_backends_verify(lab: list[str], mode: str, topology: str) -> None:
     lab.append("ub")
-    up = labctl_json("up", mode, "-t", topology, "-n", "ub")
+    # IPIP would pick the BPF datapath here (test_bpf_datapath.py): ask for the last resort.
+    forced = ["--datapath", "userspace"] if mode == "flannel-ipip" else []
+    up = labctl_json("up", mode, "-t", topology, "-n", "ub", *forced)
     report = labctl_json("verify", "-n", "ub")
     assert report["passed"], [c for c in report["checks"] if not c["passed"]]
     want = (
@@ -52,7 +54,8 @@ def test_userspace_backends_verify(lab: list[str], mode: str, topology: str) -> 
     )
     wire = [c for c in report["checks"] if c["name"].startswith("wire ") and "->" in c["name"]]
     assert wire and all(want in c["detail"] for c in wire), wire
-    if mode == "flannel-ipip" and up["datapath"] == "userspace":
+    if mode == "flannel-ipip":
+        assert up["datapath"] == "userspace"
         # Said in up, status and verify output.
         assert any("userspace" in n for n in up["notes"])
         assert any("userspace" in n for n in labctl_json("status", "-n", "ub")["notes"])

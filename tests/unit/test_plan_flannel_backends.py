@@ -58,6 +58,7 @@ def test_resolve_datapath(monkeypatch: pytest.MonkeyPatch) -> None:
     import labctl.features as features
 
     monkeypatch.setattr(features, "can_create", lambda kind: False)
+    monkeypatch.setattr(features, "_bpf_problem", lambda: "clang not installed")
     assert resolve_datapath("ipip", "auto")[0] == "userspace"
     assert "no ipip module" in (resolve_datapath("ipip", "auto")[1] or "")
     with pytest.raises(MissingFeature, match="cannot create ipip"):
