@@ -667,8 +667,8 @@ class _Walker:
         encap = "udp" if kind == "udpproxy" else "ipip"
         outer = _Outer(encap, str(config["local_ip"]), remote, config.get("port"))
         reader = (
-            f"whose egress runs the TC-BPF program ipip_encap (labctl.datapath.bpf), taking the "
-            f"outer destination from the route's gateway"
+            "whose egress runs the TC-BPF program ipip_encap (labctl.datapath.bpf), taking the "
+            "outer destination from the route's gateway"
             if kind == "ipip-bpf"
             else f"read by the userspace datapath labctl.datapath.{kind}"
         )
