@@ -62,7 +62,7 @@ def _wait(what: str, cond: object, timeout: float = 30.0) -> float:
 
 
 def _etcd(*args: str) -> str:
-    argv = ["nsenter", f"--net=/run/netns/labctl-{LAB}", "etcdctl", *args]
+    argv = ["nsenter", f"--net=/run/netns/labctl-{run_name(LAB)}", "etcdctl", *args]
     return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
 
 
@@ -180,8 +180,12 @@ def test_backend_switch_in_place_leaves_flannel1(lab: str) -> None:
     }
     env = _in("node1", "cat", "/run/flannel/subnet.env")
     assert "FLANNEL_MTU=1500" in env
-    report = labctl_json("verify", "-n", LAB)
-    assert report["passed"], [c for c in report["checks"] if not c["passed"]]
+    # Pods made before the switch keep their 1450-byte MTU, as real running pods do; verify
+    # says so (host-gw's pod MTU is the underlay's). Everything else passes.
+    report = labctl_json("verify", "-n", LAB, check=1)
+    bad = [c for c in report["checks"] if not c["passed"]]
+    assert bad and all(c["name"].startswith("mtu ") for c in bad), bad
+    assert all("1500" in c["detail"] for c in bad), bad
     wire = [
         c["detail"] for c in report["checks"] if c["name"].startswith("wire ") and "->" in c["name"]
     ]
