@@ -40,7 +40,7 @@ class ModeInfo:
 
     name: str
     datapath: str  # what `up` will choose: kernel | userspace | bpf ...
-    userspace: bool  # a userspace process moves the packets (TUN proxy)
+    userspace: bool  # a userspace process moves the measured packets (TUN proxy)
     wire: str
     overhead: int
     pod_mtu: int
@@ -64,7 +64,8 @@ def mode_info(name: str) -> ModeInfo:
     return ModeInfo(
         name=name,
         datapath=datapath,
-        userspace=bool(kinds & set(USERSPACE_DATAPATHS)),
+        # A cross-subnet mode runs its tunnel daemon, but same-subnet packets skip the tunnel.
+        userspace=bool(kinds & set(USERSPACE_DATAPATHS)) and encap != "bare",
         wire=encap,
         overhead=ENCAP_OVERHEAD[encap],
         pod_mtu=plan.pod_mtu,
@@ -84,7 +85,7 @@ def steps(infos: list[ModeInfo], repeats: int) -> int:
     return (1 + len(refs) + len(infos)) * repeats
 
 
-def run(lab: str, modes: list[str], duration: float, repeats: int, progress: Progress) -> Report:
+def run(lab: str, modes: list[str], duration: int, repeats: int, progress: Progress) -> Report:
     """Measure everything, in one run; the lab and the reference namespaces are always
     removed. `lab` names the lab each mode is brought up as, in turn."""
     if lab in state.list_labs():

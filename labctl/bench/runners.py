@@ -45,7 +45,7 @@ def netns_argv(pid: int | None = None, name: str | None = None) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{name}", "--"]
 
 
-def sample(pair: Pair, seconds: float) -> Sample:
+def sample(pair: Pair, seconds: int) -> Sample:
     """One repeat: TCP with 1 and with 4 streams, then the round trips, each `seconds`."""
     tcp1, cores, host = _iperf3(pair, seconds, 1)
     tcp4, _, _ = _iperf3(pair, seconds, 4)
@@ -61,7 +61,7 @@ def sample(pair: Pair, seconds: float) -> Sample:
     )
 
 
-def _iperf3(pair: Pair, seconds: float, streams: int) -> tuple[float, float, float]:
+def _iperf3(pair: Pair, seconds: int, streams: int) -> tuple[float, float, float]:
     """Gbit/s received, CPU cores busy (iperf3 both ends + datapath + ksoftirqd) and the
     whole machine's busy cores over the run."""
     server = subprocess.Popen(
@@ -99,7 +99,7 @@ def _iperf3(pair: Pair, seconds: float, streams: int) -> tuple[float, float, flo
         server.wait()
 
 
-def _rr(pair: Pair, seconds: float) -> dict[str, float]:
+def _rr(pair: Pair, seconds: int) -> dict[str, float]:
     """The round-trip test: server in the server namespace, client in the client's."""
     py = [sys.executable, "-m", "labctl.bench.rr"]
     server = subprocess.Popen(

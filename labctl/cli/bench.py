@@ -57,8 +57,9 @@ SERVICE_FIGURES = (
 )
 @click.option(
     "--duration",
-    type=click.FloatRange(0.2, 60),
-    default=1.0,
+    # iperf3 takes whole seconds (and -t 0 means forever)
+    type=click.IntRange(1, 60),
+    default=1,
     show_default=True,
     metavar="SECONDS",
     help="Length of each throughput and request/response test.",
@@ -109,7 +110,7 @@ SERVICE_FIGURES = (
 @guarded
 def bench(
     modes_: str | None,
-    duration: float,
+    duration: int,
     repeats: int,
     lab: str,
     nodes: int,
@@ -150,7 +151,7 @@ def bench(
         _answer(lab, names, duration, repeats, output)
 
 
-def _answer(lab: str, names: list[str], duration: float, repeats: int, output: str) -> None:
+def _answer(lab: str, names: list[str], duration: int, repeats: int, output: str) -> None:
     from labctl.bench import answer, table
 
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())

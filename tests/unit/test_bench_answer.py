@@ -228,7 +228,8 @@ def test_mode_info_from_the_plan(
     reference: str | None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(answer, "resolve_datapath", lambda feature, wanted: ("kernel", None))
+    datapath = "userspace" if mode.startswith("calico-ipip") else "kernel"
+    monkeypatch.setattr(answer, "resolve_datapath", lambda feature, wanted: (datapath, None))
     info = answer.mode_info(mode)
     assert (info.wire, info.overhead, info.pod_mtu, info.reference) == (
         wire,
@@ -236,7 +237,9 @@ def test_mode_info_from_the_plan(
         mtu,
         reference,
     )
-    assert info.userspace is (mode == "flannel-udp")
+    # userspace only where a proxy moves the measured packets: not calico-ipip-crosssubnet's
+    # same-subnet path, though its tunnel daemon runs
+    assert info.userspace is (mode in ("flannel-udp", "calico-ipip"))
 
 
 def test_modes_ordered_by_reference_and_step_count() -> None:
