@@ -45,6 +45,13 @@ class ModeInfo:
     overhead: int
     pod_mtu: int
 
+    def moved_by(self, lab_datapath: str) -> str:
+        """What moved the measured packets: the lab's datapath applies to its tunnel only;
+        a bare path (a cross-subnet mode on one subnet) is the kernel's routing."""
+        if self.userspace:
+            return "userspace"
+        return "kernel" if self.wire == "bare" else lab_datapath
+
     @property
     def reference(self) -> str | None:
         """The reference row of the same datapath, if one is built for it."""
@@ -166,7 +173,7 @@ def _lab(lab: str, info: ModeInfo) -> Iterator[tuple[Pair, str]]:
             # Marked as the lab's, so `labctl down` also ends a client left behind.
             env=dict(os.environ, **{LAB_ENV: lab}),
         )
-        yield pair, "userspace" if info.userspace else st.datapath
+        yield pair, info.moved_by(st.datapath)
     finally:
         lifecycle.down(lab)
 

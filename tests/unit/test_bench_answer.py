@@ -260,3 +260,12 @@ def test_cpu_readers() -> None:
     assert proc_cpu([2**22 + 7]) == 0  # a gone process counts nothing
     busy, total = host_stat()
     assert 0 <= busy <= total
+
+
+def test_datapath_label_is_what_moved_the_measured_packets() -> None:
+    cross = answer.ModeInfo("calico-ipip-crosssubnet", "userspace", False, "bare", 0, 1480)
+    assert cross.moved_by("userspace") == "kernel"
+    ipip = answer.ModeInfo("calico-ipip", "bpf", False, "ipip", 20, 1480)
+    assert ipip.moved_by("bpf") == "bpf"
+    udp = answer.ModeInfo("flannel-udp", "kernel", True, "udp", 28, 1472)
+    assert udp.moved_by("kernel") == "userspace"
