@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from labctl import lifecycle, state
-from labctl.cli.common import OUTPUT, emit_json, guarded, out
-from labctl.modes import get_mode
+from labctl.cli.common import OUTPUT, emit_json, err, guarded, out
+from labctl.modes import MODES, get_mode
 from labctl.state import LabError
 
 #: The --policy row keys, as the table names them (one column per mode).
@@ -48,23 +51,47 @@ SERVICE_FIGURES = (
     "--modes",
     "modes_",
     default=None,
-    help="Comma-separated modes to measure [default: flannel-vxlan,flannel-host-gw; with "
-    "--policy: calico-bgp,canal].",
+    help="Comma-separated modes to measure [default: every mode in 'labctl modes'; with "
+    "--lifecycle: flannel-vxlan,flannel-host-gw; --policy: calico-bgp,canal; --services: "
+    "flannel-vxlan].",
+)
+@click.option(
+    "--duration",
+    # iperf3 takes whole seconds (and -t 0 means forever)
+    type=click.IntRange(1, 60),
+    default=1,
+    show_default=True,
+    metavar="SECONDS",
+    help="Length of each throughput and request/response test.",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(1, 20),
+    default=3,
+    show_default=True,
+    help="Times each test runs; the table shows the median and the spread.",
+)
+@click.option(
+    "-n",
+    "--name",
+    "lab",
+    default="bench",
+    show_default=True,
+    help="Name of the lab each mode is brought up as, in turn (results: captures/NAME/bench/).",
 )
 @click.option(
     "--nodes",
     type=click.IntRange(2, 200),
     default=20,
     show_default=True,
-    help="Nodes in the generated large topology.",
+    help="Nodes in the generated large topology (--lifecycle, --policy).",
 )
 @click.option("--pods-per-node", type=click.IntRange(1, 200), default=10, show_default=True)
 @click.option(
-    "--iperf",
-    type=click.IntRange(1, 120),
-    default=None,
-    metavar="SECONDS",
-    help="Instead: iperf3 pod to pod for SECONDS in each mode (two-node.yaml).",
+    "--lifecycle",
+    "lifecycle_",
+    is_flag=True,
+    help="Instead: up, verify and down times on the default topology and a generated large one.",
 )
 @click.option(
     "--policy",
@@ -83,95 +110,115 @@ SERVICE_FIGURES = (
 @guarded
 def bench(
     modes_: str | None,
+    duration: int,
+    repeats: int,
+    lab: str,
     nodes: int,
     pods_per_node: int,
-    iperf: int | None,
+    lifecycle_: bool,
     policy: bool,
     services_: bool,
     output: str,
 ) -> None:
-    """Measure up, verify and down on the default topology and a generated large one;
-    with --iperf, pod-to-pod throughput per mode instead; with --policy, NetworkPolicy
-    figures; with --services, Pod, Deployment and kube-proxy figures."""
-    from labctl import bench as bench_mod
-
+    """The answer table: for every mode, pod-to-pod TCP throughput (1 and 4 streams),
+    request/response rate and latency, CPU per Gbit/s, overhead and pod MTU, next to the
+    underlay and a hand-built reference of the same datapath (JSON and chart saved under
+    captures/NAME/bench/). --lifecycle, --policy and --services measure other things."""
     lifecycle.check_environment()
-    if modes_ is None:
-        modes_ = (
-            "calico-bgp,canal"
-            if policy
-            else "flannel-vxlan"
-            if services_
-            else "flannel-vxlan,flannel-host-gw"
-        )
-    names = [get_mode(m.strip()).name for m in modes_.split(",") if m.strip()]
-    if "bench" in state.list_labs():
-        raise LabError("a lab named 'bench' is up; 'labctl down -n bench' first")
+    if sum((lifecycle_, policy, services_)) > 1:
+        raise click.UsageError("--lifecycle, --policy and --services: pick one")
+    default = (
+        "calico-bgp,canal"
+        if policy
+        else "flannel-vxlan"
+        if services_
+        else "flannel-vxlan,flannel-host-gw"
+        if lifecycle_
+        else ",".join(MODES)
+    )
+    names = [get_mode(m.strip()).name for m in (modes_ or default).split(",") if m.strip()]
+    if not names:
+        raise click.BadParameter("name at least one mode", param_hint="--modes")
+    if lab in state.list_labs():
+        raise LabError(f"a lab named {lab!r} is up; 'labctl down -n {lab}' first, or pick -n NAME")
     if services_:
-        with out.status("benchmarking Services") as status:
-            srows = [
-                bench_mod.services(m, proxy, lambda p: status.update(p))
-                for m in names
-                for proxy in ("iptables", "nftables")
-            ]
-        if output == "json":
-            emit_json(srows)
-            return
-        cols = [f"{r['mode']} {r['proxyMode']}" for r in srows]
-        t = Table("figure", *cols, title="labctl bench --services")
-        for key, label in SERVICE_FIGURES:
-            t.add_row(label, *(str(r[key]) for r in srows))
-        out.print(t)
-        return
-    if policy:
-        enforcing = [m for m in names if get_mode(m).enforces_policy]
-        if not enforcing:
-            raise LabError("--policy needs modes that enforce NetworkPolicy, e.g. calico-bgp,canal")
-        with out.status("benchmarking NetworkPolicy") as status:
-            prows = [
-                bench_mod.policy(m, (nodes, pods_per_node), lambda p: status.update(p))
-                for m in enforcing
-            ]
-        if output == "json":
-            emit_json(prows)
-            return
-        t = Table("figure", *(r["mode"] for r in prows), title="labctl bench --policy")
-        for key, label in POLICY_FIGURES:
-            t.add_row(label, *(str(r[key]) for r in prows))
-        out.print(t)
-        return
-    if iperf is not None:
-        rows = [bench_mod.throughput(m, iperf) for m in names]
-        base = next((r["gbps"] for r in rows if r["mode"] == "flannel-vxlan"), None)
-        for r in rows:
-            r["vsVxlan"] = round(r["gbps"] / base, 3) if base else None
-        if output == "json":
-            emit_json(rows)
-            return
-        t = Table("mode", "datapath", "Gbit/s", "vs flannel-vxlan", title="iperf3 pod to pod")
-        for r in rows:
-            t.add_row(r["mode"], r["datapath"], str(r["gbps"]), str(r["vsVxlan"] or "-"))
-        out.print(t)
-        return
+        _services(names, output)
+    elif policy:
+        _policy(names, (nodes, pods_per_node), output)
+    elif lifecycle_:
+        _lifecycle(names, (nodes, pods_per_node), output)
+    else:
+        _answer(lab, names, duration, repeats, output)
+
+
+def _answer(lab: str, names: list[str], duration: int, repeats: int, output: str) -> None:
+    from labctl.bench import answer, table
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("planning", total=None)
+
+        def progress(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+
+        report = answer.save(answer.run(lab, names, duration, repeats, progress))
     if output == "json":
-        rows = bench_mod.run(names, (nodes, pods_per_node), lambda _: None)
+        emit_json(report.model_dump())
+        return
+    out.print(table.render(report))
+
+
+def _services(names: list[str], output: str) -> None:
+    from labctl.bench import cluster
+
+    with out.status("benchmarking Services") as status:
+        rows = [
+            cluster.services(m, proxy, lambda p: status.update(p))
+            for m in names
+            for proxy in ("iptables", "nftables")
+        ]
+    if output == "json":
         emit_json(rows)
         return
+    cols = [f"{r['mode']} {r['proxyMode']}" for r in rows]
+    _figures("labctl bench --services", cols, SERVICE_FIGURES, rows)
+
+
+def _policy(names: list[str], large: tuple[int, int], output: str) -> None:
+    from labctl.bench import cluster
+
+    enforcing = [m for m in names if get_mode(m).enforces_policy]
+    if not enforcing:
+        raise LabError("--policy needs modes that enforce NetworkPolicy, e.g. calico-bgp,canal")
+    with out.status("benchmarking NetworkPolicy") as status:
+        rows = [cluster.policy(m, large, lambda p: status.update(p)) for m in enforcing]
+    if output == "json":
+        emit_json(rows)
+        return
+    _figures("labctl bench --policy", [r["mode"] for r in rows], POLICY_FIGURES, rows)
+
+
+def _figures(
+    title: str, cols: list[str], figures: tuple[tuple[str, str], ...], rows: list[dict[str, Any]]
+) -> None:
+    t = Table("figure", *cols, title=title)
+    for key, label in figures:
+        t.add_row(label, *(str(r[key]) for r in rows))
+    out.print(t)
+
+
+def _lifecycle(names: list[str], large: tuple[int, int], output: str) -> None:
+    from labctl.bench import cluster
+
+    if output == "json":
+        emit_json(cluster.run(names, large, lambda _: None))
+        return
     with out.status("benchmarking") as status:
-        rows = bench_mod.run(names, (nodes, pods_per_node), lambda p: status.update(p))
-    t = Table(title="labctl bench (seconds)")
-    for col in (
-        "mode",
-        "topology",
-        "nodes",
-        "pods",
-        "pod pairs",
-        "up",
-        "verify",
-        "down",
-        "verified",
-    ):
+        rows = cluster.run(names, large, lambda p: status.update(p))
+    t = Table(title="labctl bench --lifecycle (seconds)")
+    for col in ("mode", "topology", "nodes", "pods", "pod pairs", "up", "verify", "down"):
         t.add_column(col)
+    t.add_column("verified")
     for r in rows:
         t.add_row(
             r["mode"],

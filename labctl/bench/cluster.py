@@ -1,11 +1,9 @@
-"""`labctl bench`: how long `up`, `verify` and `down` take, on the default topology and on a
-generated large one. Figures, not pass/fail: speed is measured here, never in timed tests."""
+"""`labctl bench --lifecycle`, `--policy`, `--services`: how long `up`, `verify` and `down`
+take, NetworkPolicy and Service figures. Figures, not pass/fail: speed is measured here,
+never in timed tests."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,10 +17,8 @@ from labctl import apiserver, lifecycle, state, store
 from labctl.features import resolve_datapath
 from labctl.k8s.manifests import Document, parse_objects
 from labctl.modes import get_mode
-from labctl.nsutil import nsenter_argv
 from labctl.policy import checks as policy_checks
 from labctl.probe import http_get, probe
-from labctl.state import LAB_ENV
 from labctl.topology import load_topology, resolve_path
 from labctl.verify import verify
 
@@ -69,50 +65,6 @@ def measure(mode: str, topology: Path, lab: str, with_mtu: bool = True) -> dict[
         lifecycle.down(lab)
         row["down"] = round(time.monotonic() - t3, 2)
     return row
-
-
-def throughput(mode: str, seconds: int = 5, lab: str = "bench") -> dict[str, Any]:
-    """iperf3 pod to pod across two nodes (two-node.yaml) in `mode`; Gbit/s received."""
-    topo_path = resolve_path("two-node")
-    topo = load_topology(topo_path)
-    src, dst = topo.pods[0], topo.pods[1]
-    try:
-        st = lifecycle.up(lab, get_mode(mode), topo_path, topo, lambda _: None, _datapath(mode))
-        env = dict(os.environ, **{LAB_ENV: lab})
-        server = subprocess.Popen(
-            nsenter_argv(st.pid_of(dst.key), ["iperf3", "-s", "-1"], mount=False),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-        _wait_listening(st.pid_of(dst.key), 5201)
-        argv = ["iperf3", "-c", str(topo.pod_ips[dst.key]), "-t", str(seconds), "-J"]
-        res = subprocess.run(
-            nsenter_argv(st.pid_of(src.key), argv, mount=False),
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        server.wait(10)
-        doc = json.loads(res.stdout)
-        if "error" in doc:
-            raise RuntimeError(f"iperf3 in {mode}: {doc['error']}")
-        gbps = doc["end"]["sum_received"]["bits_per_second"] / 1e9
-        # Only modes with a kernel/userspace choice have a datapath worth naming.
-        datapath = st.datapath if get_mode(mode).kernel_feature else "-"
-        return {"mode": mode, "datapath": datapath, "gbps": round(gbps, 3)}
-    finally:
-        lifecycle.down(lab)
-
-
-def _wait_listening(pid: int, port: int, timeout: float = 5.0) -> None:
-    """iperf3 has no readiness signal: poll the pod's sockets until it listens."""
-    argv = nsenter_argv(pid, ["ss", "-Hltn", f"sport = :{port}"], mount=False)
-    deadline = time.monotonic() + timeout
-    while not subprocess.run(argv, capture_output=True, text=True).stdout.strip():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"iperf3 did not listen on port {port} within {timeout:.0f}s")
-        time.sleep(0.02)
 
 
 def _datapath(mode: str) -> str:
