@@ -22,6 +22,9 @@ ARGV: dict[str, Callable[[str], list[str]]] = {
     "ipip-bpf": bpf.argv,
     "flannel-agent": agent.argv,
 }
+#: The kinds above that move pod packets through a userspace process (a TUN proxy); the BPF
+#: loader and the flannel agent only program the kernel, which moves the packets.
+USERSPACE_DATAPATHS = frozenset({"udpproxy", "ipip"})
 MAX_RESTARTS = 5
 READY_TIMEOUT = 10.0
 

@@ -21,7 +21,7 @@ from labctl.bench.model import ENCAP_OVERHEAD, Report, Row, finish
 from labctl.bench.reference import POD_MTU, Reference
 from labctl.bench.runners import Pair, netns_argv, sample
 from labctl.capture import CAPTURE_ROOT
-from labctl.daemons import ARGV as USERSPACE_DATAPATHS
+from labctl.daemons import USERSPACE_DATAPATHS
 from labctl.features import resolve_datapath
 from labctl.modes import get_mode
 from labctl.state import LAB_ENV, LabError
@@ -72,7 +72,7 @@ def mode_info(name: str) -> ModeInfo:
         name=name,
         datapath=datapath,
         # A cross-subnet mode runs its tunnel daemon, but same-subnet packets skip the tunnel.
-        userspace=bool(kinds & set(USERSPACE_DATAPATHS)) and encap != "bare",
+        userspace=bool(kinds & USERSPACE_DATAPATHS) and encap != "bare",
         wire=encap,
         overhead=ENCAP_OVERHEAD[encap],
         pod_mtu=plan.pod_mtu,

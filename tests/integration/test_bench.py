@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import LABCTL, labctl
+from tests.integration.conftest import cli_argv, labctl, run_name
 
 pytestmark = pytest.mark.root
 
@@ -27,8 +27,8 @@ MIN_GBPS = 0.05
 def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     captures = tmp_path_factory.mktemp("captures")
     res = subprocess.run(
-        [LABCTL, "bench", "-n", LAB, "--modes", "flannel-host-gw",
-         "--duration", "1", "--repeats", "1", "-o", "json"],
+        cli_argv("bench", "-n", LAB, "--modes", "flannel-host-gw",
+                 "--duration", "1", "--repeats", "1", "-o", "json"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -65,8 +65,8 @@ def test_files_written_and_nothing_left(report: dict[str, Any]) -> None:
     saved = json.loads(Path(report["files"]["json"]).read_text())
     assert saved["rows"] == report["rows"]
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert f"{LAB}-ref" not in netns
-    assert not Path(f"/run/labctl/{LAB}").exists()
+    assert f"{run_name(LAB)}-ref" not in netns
+    assert not Path(f"/run/labctl/{run_name(LAB)}").exists()
 
 
 @pytest.mark.parametrize(
