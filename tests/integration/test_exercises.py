@@ -25,7 +25,7 @@ LABS = {
     key: f"ex-t{i}"
     for i, key in enumerate(sorted({(x.mode, x.topology) for x in EXERCISES.values()}))
 }
-# Walked through the CLI verbs (start on a shared lab, check, hint, solve, check, clean).
+# Walked through the CLI verbs (start on a shared lab, check, hint, solve, check, clean, reset).
 BY_CLI = "udp-proxy-is-the-datapath"
 
 
@@ -94,6 +94,10 @@ def test_every_verb_of_the_cli() -> None:
     assert f"{ex.name}: solved" in after.stdout
     labctl("exercise", "clean", ex.name, "-n", lab)
     assert "missing" in labctl("exercise", "check", ex.name, "-n", lab, check=1).stdout
+    # reset rebuilds the lab: a solution in place is gone after it.
+    engine.solve(ex, lab)
+    labctl("exercise", "reset", ex.name, "-n", lab, timeout=120)
+    assert _missing(ex, lab)
 
 
 def test_a_wrong_answer_on_the_claim_fails() -> None:
