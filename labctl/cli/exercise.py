@@ -13,7 +13,7 @@ from labctl.cli.common import OUTPUT, emit_json, fail, guarded, out
 from labctl.exercises import engine
 from labctl.exercises.model import Exercise, ExerciseError, catalogue, find
 
-ACTIONS = ("list", "start", "check", "hint", "solve", "reset")
+ACTIONS = ("list", "start", "check", "hint", "solve", "clean", "reset")
 
 
 def _answers(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -90,8 +90,9 @@ def _check(ex: Exercise, lab: str, given: dict[str, str], output: str) -> None:
 def exercise(
     action: str, exercise: str | None, lab: str | None, answers: tuple[str, ...], output: str
 ) -> None:
-    """Classroom exercises: list them, start one (up + setup), check your work, get the next
-    hint, run the reference solution, or reset the lab."""
+    """Classroom exercises: list them, start one (up + setup; on a lab already up in the same
+    mode and topology, setup only), check your work, get the next hint, run the reference
+    solution, clean up after it (for the next exercise on the same lab), or reset the lab."""
     if action == "list":
         _list(output)
         return
@@ -114,6 +115,9 @@ def exercise(
         elif action == "solve":
             engine.solve(ex, name)
             _done(output, ex, name, "solution applied; run: labctl exercise check")
+        elif action == "clean":
+            engine.clean(ex, name)
+            _done(output, ex, name, "cleaned up; the lab is ready for another exercise")
         else:
             run = engine.start if action == "start" else engine.reset
             if output == "json":

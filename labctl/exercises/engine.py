@@ -22,7 +22,16 @@ from typing import Any
 import yaml
 
 from labctl import lifecycle, state, store
-from labctl.exercises.model import AnswerSource, Capture, Check, Exec, Exercise, ExerciseError, Step
+from labctl.exercises.model import (
+    AnswerSource,
+    Capture,
+    Check,
+    Exec,
+    Exercise,
+    ExerciseError,
+    Expect,
+    Step,
+)
 from labctl.features import resolve_datapath
 from labctl.modes import get_mode
 from labctl.nsutil import nsenter_argv
@@ -31,7 +40,10 @@ from labctl.topology import load_topology, resolve_path
 HINTS_FILE = "exercise-hints.json"
 EXEC_TIMEOUT = 60.0
 PROBE_TIMEOUT = 2.0
-_REF = re.compile(r"\{(ip|podcidr):([^}]+)\}")
+WAIT_EVERY = 0.5
+_REF = re.compile(r"\{(ip|podcidr|pid|clusterip):([^}]+)\}")
+#: UDP destination ports of the encapsulations the labs put on the wire.
+_UDP_WIRE = {8472: "vxlan", 4789: "vxlan", 8285: "udp"}
 
 
 def answers_path(ex: Exercise) -> Path:
@@ -73,20 +85,31 @@ class Outcome:
 
 
 class _Lab:
-    """Lookups into a running lab: target PIDs and the addresses steps may name."""
+    """Lookups into a running lab: target PIDs and the addresses steps may name: `{ip:NODE}`,
+    `{ip:NS/POD}`, `{podcidr:NODE}`, `{clusterip:NS/SERVICE}` and `{pid:NODE:DAEMON}` (a
+    daemon's process, as `labctl status -o json` lists it under processes)."""
 
     def __init__(self, lab: str) -> None:
         self.name = lab
-        self.st = state.load(lab)
-        topo = load_topology(Path(self.st.topology))
-        self.objects = store.load(lab)
+        self.topo = load_topology(Path(state.load(lab).topology))
+        self.reload()
+
+    def reload(self) -> None:
+        """Read state and objects again: after apply/delete, or a daemon's restart."""
+        self.st = state.load(self.name)
+        self.objects = store.load(self.name)
         self.refs: dict[tuple[str, str], str] = {}
-        for n, node in topo.nodes.items():
+        for n, node in self.topo.nodes.items():
             self.refs["ip", n] = str(node.ip)
-        for n, cidr in topo.node_pod_cidrs.items():
+        for n, cidr in self.topo.node_pod_cidrs.items():
             self.refs["podcidr", n] = str(cidr)
         for key, pod in self.objects.pods.items():
             self.refs["ip", key] = pod.ip
+        for key, svc in self.objects.services.items():
+            if svc.spec.clusterIP:
+                self.refs["clusterip", key] = svc.spec.clusterIP
+        for name, pid in self.st.processes.items():
+            self.refs["pid", name] = str(pid)
 
     def expand(self, text: str) -> str:
         def one(m: re.Match[str]) -> str:
@@ -111,11 +134,12 @@ class _Lab:
             raise ExerciseError(f"{e.target}: {' '.join(e.argv)}: exit {proc.returncode}: {why[0]}")
         return proc
 
-    def capture(self, c: Capture) -> None:
+    def capture(self, c: Capture) -> Path:
         from labctl.capture import tcpdump_argv
 
         out = self.st.dir / c.write
-        argv = tcpdump_argv(self.st.pid_of(c.target), "eth0", str(out), c.filter, snaplen=0)
+        bpf = None if c.filter is None else self.expand(c.filter)
+        argv = tcpdump_argv(self.st.pid_of(c.target), "eth0", str(out), bpf, snaplen=0)
         env = dict(os.environ, **{state.LAB_ENV: self.name})
         proc = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
         started = time.monotonic()
@@ -127,12 +151,34 @@ class _Lab:
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(5)
+        return out
+
+    def meets(self, e: Exec, x: Expect) -> tuple[bool, str]:
+        """Run `e` once; whether its result shows what `x` asks, and what differed."""
+        proc = self.run(e)
+        out = proc.stdout
+        has, lacks, matches = (
+            None if t is None else self.expand(t)
+            for t in (x.stdout_contains, x.stdout_lacks, x.stdout_matches)
+        )
+        wrong = []
+        if x.exit_code is not None and proc.returncode != x.exit_code:
+            wrong.append(f"exit {proc.returncode}, not {x.exit_code}")
+        if has is not None and has not in out:
+            wrong.append(f"output lacks {has!r}")
+        if lacks is not None and lacks in out:
+            wrong.append(f"output shows {lacks!r}")
+        if matches is not None and not re.search(matches, out):
+            wrong.append(f"output does not match {matches!r}")
+        return not wrong, "; ".join(wrong) or "ok"
 
     def value(self, src: AnswerSource) -> str:
         if src.value is not None:
             return src.value
         if src.pcap_http_body is not None:
             return http_body_in_pcap(self.st.dir / src.pcap_http_body)
+        if src.capture is not None and src.field is not None:
+            return first_packet_field(self.capture(src.capture), src.field)
         assert src.exec is not None  # the model allows exactly one source
         text = self.run(src.exec, check=True).stdout
         if src.json_path is not None:
@@ -190,11 +236,54 @@ def http_body_in_pcap(path: Path) -> str:
     return body.strip().splitlines()[0]
 
 
+def first_packet_field(path: Path, field: str) -> str:
+    """`field` of the first IP packet in `path`: `ip.src`, `ip.dst`, or `wire`, how it crossed
+    the wire (`vxlan`, `udp` (flannel's udp backend), `ipip` or `bare`)."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.utils import rdpcap
+
+    try:
+        packets = [p for p in rdpcap(str(path)) if IP in p]
+    except (OSError, EOFError) as e:
+        raise ExerciseError(f"{path}: cannot read the capture: {e}") from None
+    if not packets:
+        raise ExerciseError(f"{path.name}: the capture caught no IP packet")
+    ip = packets[0][IP]
+    if field == "ip.src":
+        return str(ip.src)
+    if field == "ip.dst":
+        return str(ip.dst)
+    if ip.proto == 4:
+        return "ipip"
+    if UDP in ip and ip[UDP].dport in _UDP_WIRE:
+        return _UDP_WIRE[ip[UDP].dport]
+    return "bare"
+
+
+def _same_lab(ex: Exercise, lab: str) -> bool:
+    """Whether `lab` is up already in the exercise's mode and topology (then `start` only runs
+    the setup: exercises on the same mode and topology share one lab)."""
+    if lab not in state.list_labs():
+        return False
+    st = state.load(lab)
+    want = load_topology(resolve_path(ex.topology)).name
+    if st.mode != ex.mode or st.topology_name != want:
+        raise ExerciseError(
+            f"lab {lab} runs {st.mode} on {st.topology_name}, not {ex.mode} on {want}; "
+            f"use another -n, or 'labctl exercise reset {ex.name} -n {lab}'"
+        )
+    return True
+
+
 def start(ex: Exercise, lab: str, progress: Callable[[str], None]) -> None:
-    """`labctl up` with the exercise's mode and topology, then its setup steps."""
+    """`labctl up` with the exercise's mode and topology, then its setup steps. On a lab that
+    already runs that mode and topology, only the setup steps."""
     path = resolve_path(ex.topology)
     state.check_lab_name(lab)
     lifecycle.check_environment()
+    if _same_lab(ex, lab):
+        run_steps(ex, lab, ex.setup)
+        return
     mode = get_mode(ex.mode)
     # As `labctl up --datapath auto`: IPIP modes fall back to userspace where the kernel lacks ipip.
     datapath, why = resolve_datapath(mode.kernel_feature, "auto")
@@ -213,12 +302,29 @@ def run_steps(ex: Exercise, lab: str, steps: list[Step]) -> None:
         if step.exec is not None:
             live.run(step.exec, check=True)
         elif step.apply is not None:
-            docs = read_documents("-", io.StringIO(step.apply))
-            apiserver.apply(lab, parse_objects(docs))
+            apiserver.apply(lab, parse_objects(read_documents("-", io.StringIO(step.apply))))
+            live.reload()
+        elif step.delete is not None:
+            objs = parse_objects(read_documents("-", io.StringIO(step.delete)))
+            apiserver.delete(lab, objs, ignore_not_found=True)
+            live.reload()
         elif step.capture is not None:
             live.capture(step.capture)
         elif step.answer is not None:
             write_answer(ex, step.answer.key, live.value(step.answer))
+        elif step.wait is not None:
+            _wait(live, step.wait.exec, step.wait.expect, step.wait.timeout)
+
+
+def _wait(live: _Lab, e: Exec, x: Expect, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        ok, why = live.meets(e, x)
+        if ok:
+            return
+        if time.monotonic() >= deadline:
+            raise ExerciseError(f"{e.target}: {' '.join(e.argv)}: after {timeout:g}s: {why}")
+        time.sleep(WAIT_EVERY)
 
 
 def check(ex: Exercise, lab: str, given: dict[str, str] | None = None) -> list[Outcome]:
@@ -238,16 +344,7 @@ def _one(live: _Lab, c: Check, answers: dict[str, str], where: Path) -> Outcome:
 
 def _evaluate(live: _Lab, c: Check, answers: dict[str, str], where: Path) -> tuple[bool, str]:
     if c.exec is not None and c.expect is not None:
-        proc = live.run(c.exec)
-        x = c.expect
-        wrong = []
-        if x.exit_code is not None and proc.returncode != x.exit_code:
-            wrong.append(f"exit {proc.returncode}, not {x.exit_code}")
-        if x.stdout_contains is not None and x.stdout_contains not in proc.stdout:
-            wrong.append(f"output lacks {x.stdout_contains!r}")
-        if x.stdout_matches is not None and not re.search(x.stdout_matches, proc.stdout):
-            wrong.append(f"output does not match {x.stdout_matches!r}")
-        return not wrong, "; ".join(wrong) or "ok"
+        return live.meets(c.exec, c.expect)
     if c.file_contains is not None:
         path = Path(c.file_contains.path).expanduser()
         try:
@@ -309,6 +406,13 @@ def solve(ex: Exercise, lab: str) -> None:
     """Run the reference solution on the lab."""
     state.load(lab)  # a clear error when the lab is not up
     run_steps(ex, lab, ex.solution)
+
+
+def clean(ex: Exercise, lab: str) -> None:
+    """Run the exercise's cleanup steps: the lab is again as `up` left it, for the next
+    exercise on the same mode and topology."""
+    state.load(lab)
+    run_steps(ex, lab, ex.cleanup)
 
 
 def reset(ex: Exercise, lab: str, progress: Callable[[str], None]) -> None:

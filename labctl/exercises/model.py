@@ -53,11 +53,19 @@ def _file_name(v: str) -> str:
     return v
 
 
+#: What `field` reads from the first IP packet of a capture: its addresses, or how it crossed
+#: the wire (`bare`, `vxlan`, `udp` for flannel's udp backend, `ipip`).
+PcapField = Literal["ip.src", "ip.dst", "wire"]
+SOURCES = ("value", "exec", "pcap_http_body", "capture")
+
+
 class AnswerSource(_Strict):
-    """Where a value comes from: a literal, a command's output, or a pcap's inner HTTP body.
+    """Where a value comes from: a literal, a command's output, a pcap's inner HTTP body, or
+    a capture taken now.
 
     From a command: its stdout, or the field at `json` (dotted path, list indexes as numbers)
-    of its JSON output, or the first group of `pattern`; plus `add`, for numbers.
+    of its JSON output, or the first group of `pattern`; plus `add`, for numbers. From a
+    capture: `field` of the first IP packet it caught.
     """
 
     value: str | None = None
@@ -66,6 +74,8 @@ class AnswerSource(_Strict):
     pattern: str | None = None
     add: int | None = None
     pcap_http_body: str | None = None
+    capture: Capture | None = None
+    field: PcapField | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -76,11 +86,13 @@ class AnswerSource(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> AnswerSource:
-        given = [k for k in ("value", "exec", "pcap_http_body") if getattr(self, k) is not None]
+        given = [k for k in SOURCES if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of value, exec, pcap_http_body")
+            raise ValueError(f"give exactly one of {', '.join(SOURCES)}")
         if (self.json_path or self.pattern or self.add is not None) and self.exec is None:
             raise ValueError("json, pattern and add only apply to exec")
+        if (self.capture is None) != (self.field is None):
+            raise ValueError("capture and field go together")
         if self.pattern is not None:
             try:
                 re.compile(self.pattern)
@@ -95,33 +107,55 @@ class Record(AnswerSource):
     key: str
 
 
-class Step(_Strict):
-    """One labctl-level action; exactly one of its fields is set."""
-
-    exec: Exec | None = None
-    apply: str | None = None
-    capture: Capture | None = None
-    answer: Record | None = None
-
-    @model_validator(mode="after")
-    def _one_action(self) -> Step:
-        given = [k for k in ("exec", "apply", "capture", "answer") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of exec, apply, capture, answer (got {given})")
-        return self
-
-
 class Expect(_Strict):
     """What a command must show; every field given must hold."""
 
     stdout_contains: str | None = None
+    stdout_lacks: str | None = None
     stdout_matches: str | None = None
     exit_code: int | None = None
 
     @model_validator(mode="after")
     def _something(self) -> Expect:
-        if self.stdout_contains is None and self.stdout_matches is None and self.exit_code is None:
-            raise ValueError("give at least one of stdout_contains, stdout_matches, exit_code")
+        fields = ("stdout_contains", "stdout_lacks", "stdout_matches", "exit_code")
+        if all(getattr(self, k) is None for k in fields):
+            raise ValueError(f"give at least one of {', '.join(fields)}")
+        if self.stdout_matches is not None:
+            try:
+                re.compile(self.stdout_matches)
+            except re.error as e:
+                raise ValueError(f"stdout_matches: {e}") from None
+        return self
+
+
+class Wait(_Strict):
+    """Run `exec` every half second until its output meets `expect`, for at most `timeout`
+    seconds (a BGP hold timer, a session coming back): poll, never a fixed sleep."""
+
+    exec: Exec
+    expect: Expect
+    timeout: float = Field(gt=0, le=120)
+
+
+STEPS = ("exec", "apply", "delete", "capture", "answer", "wait")
+
+
+class Step(_Strict):
+    """One labctl-level action; exactly one of its fields is set. `apply` and `delete` take a
+    manifest, as `labctl apply -f` and `labctl delete --ignore-not-found -f`."""
+
+    exec: Exec | None = None
+    apply: str | None = None
+    delete: str | None = None
+    capture: Capture | None = None
+    answer: Record | None = None
+    wait: Wait | None = None
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Step:
+        given = [k for k in STEPS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(STEPS)} (got {given})")
         return self
 
 
@@ -180,6 +214,8 @@ class Exercise(_Strict):
     topology: str = "default"
     minutes: int = Field(gt=0, le=240)
     setup: list[Step] = []
+    #: Undo what setup and solution changed, so the next exercise can use the same lab.
+    cleanup: list[Step] = []
     hints: list[str] = Field(min_length=1)
     solution: list[Step] = Field(min_length=1)
     checks: list[Check] = Field(min_length=1)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -14,7 +16,9 @@ from scapy.utils import wrpcap
 from labctl.exercises import engine
 from labctl.exercises.model import (
     EXERCISES_ROOT,
+    Exec,
     ExerciseError,
+    Expect,
     catalogue,
     find,
     load,
@@ -44,7 +48,7 @@ def _doc(**changes: object) -> str:
 
 def test_every_shipped_exercise_loads_and_has_a_lesson() -> None:
     exercises = catalogue()
-    assert len(exercises) >= 4
+    assert len(exercises) >= 10
     for name, ex in exercises.items():
         assert (EXERCISES_ROOT / name / "README.md").read_text().startswith("# ")
         assert ex.lab.startswith("ex-") and len(ex.lab) <= 24
@@ -79,7 +83,7 @@ def test_long_names_give_a_valid_lab_name() -> None:
         ({"colour": "red"}, "x.yaml: colour: Extra inputs are not permitted"),
         (
             {"solution": [{"exec": {"target": "n", "argv": ["x"]}, "apply": "kind: Pod"}]},
-            "x.yaml: solution[0]: give exactly one of exec, apply, capture, answer",
+            "x.yaml: solution[0]: give exactly one of exec, apply, delete, capture, answer, wait",
         ),
         ({"solution": [{"exec": {"target": "n", "argv": []}}]}, "x.yaml: solution[0].exec.argv"),
         (
@@ -96,7 +100,8 @@ def test_long_names_give_a_valid_lab_name() -> None:
         ),
         (
             {"checks": [{"says": "s", "answer": {"key": "k", "equals": {}}}]},
-            "x.yaml: checks[0].answer.equals: give exactly one of value, exec, pcap_http_body",
+            "x.yaml: checks[0].answer.equals: give exactly one of value, exec, "
+            "pcap_http_body, capture",
         ),
         (
             {"checks": [{"says": "s", "answer": {"key": "k", "equals": {"value": "1", "add": 1}}}]},
@@ -117,6 +122,62 @@ def test_long_names_give_a_valid_lab_name() -> None:
             "x.yaml: checks[0].answer.equals: pattern: ",
         ),
         ({"checks": [{"says": "s"}]}, "x.yaml: checks[0]: give exactly one of exec"),
+        (
+            {"solution": [{"answer": {"key": "k", "capture": {"target": "n", "write": "c"}}}]},
+            "x.yaml: solution[0].answer: capture and field go together",
+        ),
+        (
+            {"solution": [{"answer": {"key": "k", "value": "1", "field": "ip.src"}}]},
+            "x.yaml: solution[0].answer: capture and field go together",
+        ),
+        (
+            {
+                "solution": [
+                    {
+                        "answer": {
+                            "key": "k",
+                            "capture": {"target": "n", "write": "c"},
+                            "field": "ip.ttl",
+                        }
+                    }
+                ]
+            },
+            "x.yaml: solution[0].answer.field: Input should be 'ip.src', 'ip.dst' or 'wire'",
+        ),
+        (
+            {"cleanup": [{"wait": {"exec": {"target": "n", "argv": ["x"]}, "timeout": 5}}]},
+            "x.yaml: cleanup[0].wait.expect: Field required",
+        ),
+        (
+            {
+                "cleanup": [
+                    {
+                        "wait": {
+                            "exec": {"target": "n", "argv": ["x"]},
+                            "expect": {"exit_code": 0},
+                            "timeout": 600,
+                        }
+                    }
+                ]
+            },
+            "x.yaml: cleanup[0].wait.timeout: ",
+        ),
+        (
+            {"setup": [{"delete": "kind: Pod", "apply": "kind: Pod"}]},
+            "x.yaml: setup[0]: give exactly one of exec, apply, delete, capture, answer, wait",
+        ),
+        (
+            {
+                "checks": [
+                    {
+                        "says": "s",
+                        "exec": {"target": "n", "argv": ["x"]},
+                        "expect": {"stdout_matches": "("},
+                    }
+                ]
+            },
+            "x.yaml: checks[0].expect: stdout_matches: ",
+        ),
     ],
 )
 def test_bad_documents_fail_in_one_line_naming_the_field(
@@ -187,3 +248,87 @@ def test_http_body_is_read_from_inside_vxlan(tmp_path: Path) -> None:
     wrpcap(str(path), [_vxlan(bytes(request / Raw(b"GET / HTTP/1.1\r\n\r\n")))])
     with pytest.raises(ExerciseError, match="no HTTP response inside VXLAN packets"):
         engine.http_body_in_pcap(path)
+
+
+def test_first_packet_field_reads_addresses_and_the_wire(tmp_path: Path) -> None:
+    path = tmp_path / "c.pcap"
+    bare = Ether() / IP(src="10.244.0.2", dst="10.244.1.2") / TCP(sport=80, dport=5000)
+    wrpcap(str(path), [bare])
+    assert engine.first_packet_field(path, "ip.src") == "10.244.0.2"
+    assert engine.first_packet_field(path, "ip.dst") == "10.244.1.2"
+    assert engine.first_packet_field(path, "wire") == "bare"
+    wrpcap(str(path), [_vxlan(bytes(Ether() / bare)), bare])
+    assert engine.first_packet_field(path, "wire") == "vxlan"
+    wrpcap(str(path), [Ether() / IP(dst="10.0.0.32") / UDP(dport=8285) / Raw(bytes(bare[IP]))])
+    assert engine.first_packet_field(path, "wire") == "udp"
+    wrpcap(str(path), [Ether() / IP(dst="10.0.0.32", proto=4) / Raw(bytes(bare[IP]))])
+    assert engine.first_packet_field(path, "wire") == "ipip"
+    wrpcap(str(path), [Ether(type=0x0806) / Raw(b"x" * 28)])
+    with pytest.raises(ExerciseError, match=r"c\.pcap: the capture caught no IP packet"):
+        engine.first_packet_field(path, "wire")
+
+
+class _FakeLab(engine._Lab):
+    """A lab without namespaces: fixed refs, and `run` answers from a list of outputs."""
+
+    def __init__(self, outputs: list[str]) -> None:
+        self.name = "exh-fake"
+        self.refs = {("ip", "node2"): "10.0.0.33"}
+        self.outputs = outputs
+        self.calls = 0
+
+    def run(self, e: Exec, check: bool = False) -> subprocess.CompletedProcess[str]:
+        self.calls += 1
+        out = self.outputs[min(self.calls, len(self.outputs)) - 1]
+        return subprocess.CompletedProcess(e.argv, 0, out, "")
+
+
+def test_expect_expands_refs_and_lacks_can_fail() -> None:
+    e = Exec(target="node1", argv=["ip", "route"])
+    live = _FakeLab(["10.244.2.0/26 via 10.0.0.33 dev eth0 proto bgp"])
+    assert live.meets(e, Expect(stdout_contains="via {ip:node2}")) == (True, "ok")
+    ok, why = live.meets(e, Expect(stdout_lacks="via {ip:node2}"))
+    assert not ok and why == "output shows 'via 10.0.0.33'"
+    with pytest.raises(ExerciseError, match=r"\{ip:node9\}: lab exh-fake has no such object"):
+        live.meets(e, Expect(stdout_lacks="via {ip:node9}"))
+
+
+def test_wait_polls_until_the_condition_holds_or_times_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(engine, "WAIT_EVERY", 0.01)
+    e = Exec(target="node1", argv=["vtysh"])
+    live = _FakeLab(['"bgpState":"Established"', '"bgpState":"Established"', '"bgpState":"Active"'])
+    engine._wait(live, e, Expect(stdout_lacks="Established"), timeout=5)
+    assert live.calls == 3
+    stuck = _FakeLab(['"bgpState":"Established"'])
+    with pytest.raises(ExerciseError, match=r"^node1: vtysh: after 0.05s: output shows"):
+        engine._wait(stuck, e, Expect(stdout_lacks="Established"), timeout=0.05)
+
+
+def test_start_on_a_lab_in_another_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    ex = find("bgp-hold-timer")
+    monkeypatch.setattr(engine.state, "list_labs", lambda: ["exh-x"])
+    monkeypatch.setattr(
+        engine.state,
+        "load",
+        lambda lab: SimpleNamespace(mode="flannel-vxlan", topology_name="default"),
+    )
+    assert engine._same_lab(ex, "exh-other") is False
+    with pytest.raises(
+        ExerciseError, match="lab exh-x runs flannel-vxlan on default, not calico-bgp"
+    ):
+        engine._same_lab(ex, "exh-x")
+    monkeypatch.setattr(
+        engine.state,
+        "load",
+        lambda lab: SimpleNamespace(mode="calico-bgp", topology_name="default"),
+    )
+    assert engine._same_lab(ex, "exh-x") is True
+
+
+def test_exercises_that_add_objects_remove_them() -> None:
+    # Labs are shared by exercises of the same mode and topology: what one adds, it removes.
+    for name, ex in catalogue().items():
+        if ex.setup or any(s.apply is not None for s in ex.solution):
+            assert any(s.delete is not None for s in ex.cleanup), name
