@@ -17,7 +17,7 @@ import pytest
 
 from labctl.exercises import engine
 from labctl.exercises.model import Exercise, catalogue
-from tests.integration.conftest import LABCTL, labctl
+from tests.integration.conftest import cli_argv, labctl, run_name
 
 EXERCISES = catalogue()
 # One lab per (mode, topology); its name is what `-n` gives every exercise sharing it.
@@ -43,7 +43,7 @@ def labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     try:
         ups = {
             lab: subprocess.Popen(
-                [LABCTL, "exercise", "start", name, "-n", lab, "-o", "json"],
+                cli_argv("exercise", "start", name, "-n", lab, "-o", "json"),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -55,7 +55,7 @@ def labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         assert not failed, failed
         yield
     finally:
-        downs = [subprocess.Popen([LABCTL, "down", "-n", lab]) for lab in LABS.values()]
+        downs = [subprocess.Popen(cli_argv("down", "-n", lab)) for lab in LABS.values()]
         for p in downs:
             p.wait(120)
         if home is not None:
@@ -63,19 +63,19 @@ def labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 def _missing(ex: Exercise, lab: str) -> list[str]:
-    return [r.says for r in engine.check(ex, lab) if not r.ok]
+    return [r.says for r in engine.check(ex, run_name(lab)) if not r.ok]
 
 
 @pytest.mark.parametrize("name", sorted(set(EXERCISES) - {BY_CLI}))
 def test_exercise_fails_then_solution_passes(name: str) -> None:
     ex = EXERCISES[name]
     lab = _lab(ex)
-    engine.start(ex, lab, lambda _: None)  # the lab is up: only the setup runs
+    engine.start(ex, run_name(lab), lambda _: None)  # the lab is up: only the setup runs
     before = _missing(ex, lab)
     assert before, f"{name}: every check passes before the solution"
-    engine.solve(ex, lab)
+    engine.solve(ex, run_name(lab))
     assert _missing(ex, lab) == []
-    engine.clean(ex, lab)
+    engine.clean(ex, run_name(lab))
     if ex.cleanup:
         assert _missing(ex, lab), f"{name}: clean left the solution in place"
 
@@ -95,7 +95,7 @@ def test_every_verb_of_the_cli() -> None:
     labctl("exercise", "clean", ex.name, "-n", lab)
     assert "missing" in labctl("exercise", "check", ex.name, "-n", lab, check=1).stdout
     # reset rebuilds the lab: a solution in place is gone after it.
-    engine.solve(ex, lab)
+    engine.solve(ex, run_name(lab))
     labctl("exercise", "reset", ex.name, "-n", lab, timeout=120)
     assert _missing(ex, lab)
 
@@ -114,4 +114,5 @@ def test_start_refuses_a_lab_in_another_mode() -> None:
     other = next(x for x in EXERCISES.values() if _lab(x) != _lab(vxlan))
     lab = _lab(vxlan)
     refused = labctl("exercise", "start", other.name, "-n", lab, check=1)
-    assert f"lab {lab} runs {vxlan.mode} on {vxlan.topology}, not {other.mode}" in refused.stderr
+    want = f"lab {run_name(lab)} runs {vxlan.mode} on {vxlan.topology}, not {other.mode}"
+    assert want in refused.stderr
