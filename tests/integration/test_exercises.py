@@ -75,6 +75,10 @@ def test_exercise_fails_then_solution_passes(name: str) -> None:
     assert before, f"{name}: every check passes before the solution"
     engine.solve(ex, run_name(lab))
     assert _missing(ex, lab) == []
+    # Every answer is compared with the lab, not merely required: a wrong one fails.
+    answered = ex.model_copy(update={"checks": [c for c in ex.checks if c.answer]})
+    wrong = {c.answer.key: "wrong" for c in answered.checks if c.answer}
+    assert all(not r.ok for r in engine.check(answered, run_name(lab), wrong))
     engine.clean(ex, run_name(lab))
     if ex.cleanup:
         assert _missing(ex, lab), f"{name}: clean left the solution in place"
