@@ -106,6 +106,8 @@ def test_an_unexpected_exception_is_one_line_too(monkeypatch: pytest.MonkeyPatch
         raise ZeroDivisionError("boom")
 
     monkeypatch.setattr(labctl.cli.lab, "emit_json", boom)
+    # The integration suite sets LABCTL_DEBUG for its own runs; this test needs it unset.
+    monkeypatch.delenv("LABCTL_DEBUG", raising=False)
     result = CliRunner().invoke(main, ["modes", "-o", "json"])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: internal error: ZeroDivisionError: boom")
