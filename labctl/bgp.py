@@ -20,6 +20,7 @@ Deliberate differences from calico-node:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from functools import cache
 from ipaddress import IPv4Address, IPv4Network
 from typing import Literal, NamedTuple
 
@@ -178,35 +179,42 @@ def calico_speakers(
     if mesh is None:
         mesh = not any(n.rr_cluster_id for n in nodes)
     external = external_peers or {}
+    ips = {n.name: str(n.ip) for n in nodes}
+    by_name = {n.name: n for n in nodes}
+
+    @cache
+    def session(me_rr: str | None, name: str, passive: bool) -> BgpNeighbor:
+        # One instance per distinct session shape, shared by every speaker that has it: a
+        # full mesh is n(n-1) sessions but only 2n shapes, so planning stays linear in memory.
+        peer_rr = by_name[name].rr_cluster_id
+        both_clients = not me_rr and not peer_rr
+        return BgpNeighbor(
+            ip=IPv4Address(ips[name]),
+            remote_asn=asn,
+            rr_client=bool(me_rr) and peer_rr != me_rr,
+            passive=passive,
+            # Calico's BIRD protocol names: mesh sessions, else global BGPPeers.
+            description=mesh_name(ips[name]) if both_clients else global_name(ips[name]),
+        )
+
     speakers: dict[str, BgpSpeaker] = {}
     for me in nodes:
-        neighbors: list[BgpNeighbor] = []
-        for peer in nodes:
-            if peer.name == me.name:
-                continue
-            both_clients = not me.rr_cluster_id and not peer.rr_cluster_id
-            if both_clients and not mesh:
-                continue
-            neighbors.append(
-                BgpNeighbor(
-                    ip=IPv4Address(str(peer.ip)),
-                    remote_asn=asn,
-                    rr_client=bool(me.rr_cluster_id) and peer.rr_cluster_id != me.rr_cluster_id,
-                    passive=calico_passive(me.ip, peer.ip),
-                    # Calico's BIRD protocol names: mesh sessions, else global BGPPeers.
-                    description=mesh_name(peer.ip) if both_clients else global_name(peer.ip),
-                )
-            )
+        own = ips[me.name]
+        neighbors = [
+            session(me.rr_cluster_id, peer.name, calico_passive(own, ips[peer.name]))
+            for peer in nodes
+            if peer.name != me.name and (mesh or me.rr_cluster_id or peer.rr_cluster_id)
+        ]
         neighbors.extend(external.get(me.name, ()))
         speakers[me.name] = BgpSpeaker(
             name=me.name,
-            router_id=IPv4Address(str(me.ip)),
+            router_id=IPv4Address(own),
             asn=asn,
             neighbors=neighbors,
             networks=[IPv4Network(str(b)) for b in me.blocks],
             rr_cluster_id=IPv4Address(me.rr_cluster_id) if me.rr_cluster_id else None,
             install_routes=install_routes,
-            update_source=IPv4Address(str(me.ip)),
+            update_source=IPv4Address(own),
         )
     return speakers
 

@@ -235,11 +235,10 @@ def _tunnel_edges(topo: Topology, plan: Plan, ids: _Ids) -> list[Edge]:
     out = []
     for i, a in enumerate(nodes):
         for b in nodes[i + 1 :]:
-            there, back = plan.paths[f"{a}>{b}"], plan.paths[f"{b}>{a}"]
+            # Whether a pair shares a segment decides how it is carried, so both ways match.
+            there = plan.path(a, b)
             label = tunnel_label(there)
-            if tunnel_label(back) != label:
-                label = f"{a}→{b} {label} / {b}→{a} {tunnel_label(back)}"
-            bare = there["encap"] == back["encap"] == "bare"
+            bare = there["encap"] == "bare"
             out.append(Edge(ids("node", a), ids("node", b), "bare" if bare else "tunnel", label))
     return out
 

@@ -21,6 +21,10 @@ from labctl.wire import Flow, WireSpec
 Role = Literal["node", "pod", "router", "external"]
 
 UNDERLAY_IF = "eth0"
+#: The classes of node pairs a backend may carry differently (Plan.paths keys).
+SAME_SUBNET, CROSS_SUBNET = "same-subnet", "cross-subnet"
+#: `next_hop_mac` placeholder in Plan.paths: the destination node's underlay MAC.
+PEER_MAC = "peer"
 
 
 def stable_mac(*parts: str) -> str:
@@ -153,20 +157,30 @@ class Plan:
     datapath: str  # "kernel", or "userspace" where a kernel feature is missing
     namespaces: dict[str, NamespacePlan]
     attachments: list[Attachment]
-    flows: list[Flow]
     wire: list[WireSpec]
     pod_mtu: int  # the smallest of node_pod_mtu
     # Per node: its underlay (segment) MTU minus the mode's encapsulation, as each node's
     # agent computes it from its own interface.
     node_pod_mtu: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    # Per ordered node pair "src>dst": how pod packets between them cross the wire (Flow's
-    # encap, port, vni, next_hop_mac), so pods added later get flows too (flows_for).
+    # How pod packets between two nodes cross the wire (Flow's encap, port, vni,
+    # next_hop_mac), per class of node pair (SAME_SUBNET, CROSS_SUBNET): it depends only on
+    # whether the pair shares a segment, so the plan stays linear in nodes. `path(src, dst)`
+    # resolves one pair; pods added later get flows from it too (flows_for).
     paths: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (for `status -o json` and debugging)."""
         return asdict(self)
+
+    def path(self, src: str, dst: str) -> dict[str, Any]:
+        """How pod packets from node `src` to node `dst` cross the wire."""
+        segment = {a.ns: a.segment for a in self.attachments if a.ifname == UNDERLAY_IF}
+        same = segment[src] == segment[dst]
+        out = dict(self.paths[SAME_SUBNET if same else CROSS_SUBNET])
+        if out.get("next_hop_mac") == PEER_MAC:
+            out["next_hop_mac"] = underlay_mac(dst, UNDERLAY_IF)
+        return out
 
     def node_ns(self) -> list[NamespacePlan]:
         """The plans of the node namespaces, in topology order."""
@@ -273,18 +287,15 @@ def base_plan(topo: Topology, mode: ModeShape, datapath: str = "kernel") -> Plan
         datapath=datapath,
         namespaces=namespaces,
         attachments=attachments,
-        flows=[],
         wire=list(mode.wire_specs),
         pod_mtu=min(node_mtu.values()),
         node_pod_mtu=node_mtu,
     )
 
 
-def node_paths(
-    topo: Topology, encap_for: Callable[[str, str], dict[str, Any]]
-) -> dict[str, dict[str, Any]]:
-    """`encap_for` for every ordered pair of distinct nodes, keyed "src>dst"."""
-    return {f"{a}>{b}": encap_for(a, b) for a in topo.nodes for b in topo.nodes if a != b}
+def path_classes(encap_for: Callable[[bool], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`Plan.paths` from a backend's `encap_for(same_subnet)`."""
+    return {SAME_SUBNET: encap_for(True), CROSS_SUBNET: encap_for(False)}
 
 
 def flows_for(pods: Sequence[PodLike], plan: Plan, topo: Topology) -> list[Flow]:
@@ -300,7 +311,7 @@ def flows_for(pods: Sequence[PodLike], plan: Plan, topo: Topology) -> list[Flow]
             dst_node=dst.node,
             src_node_ip=str(topo.nodes[src.node].ip),
             dst_node_ip=str(topo.nodes[dst.node].ip),
-            **plan.paths[f"{src.node}>{dst.node}"],
+            **plan.path(src.node, dst.node),
         )
         for src in pods
         for dst in pods
@@ -316,24 +327,3 @@ class PodLike(Protocol):
 
     ip: str
     node: str
-
-
-def cross_node_flows(topo: Topology, encap_for: Callable[[str, str], dict[str, Any]]) -> list[Flow]:
-    """One Flow per ordered pod pair on different nodes; `encap_for(src_node, dst_node)` says
-    how that node pair's packets cross the wire (Flow's encap, port, vni, next_hop_mac)."""
-    return [
-        Flow(
-            src_pod=src.key,
-            dst_pod=dst.key,
-            src_pod_ip=str(topo.pod_ips[src.key]),
-            dst_pod_ip=str(topo.pod_ips[dst.key]),
-            src_node=src.node,
-            dst_node=dst.node,
-            src_node_ip=str(topo.nodes[src.node].ip),
-            dst_node_ip=str(topo.nodes[dst.node].ip),
-            **encap_for(src.node, dst.node),
-        )
-        for src in topo.pods
-        for dst in topo.pods
-        if src.node != dst.node
-    ]

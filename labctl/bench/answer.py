@@ -66,7 +66,7 @@ def mode_info(name: str) -> ModeInfo:
     datapath = resolve_datapath(mode.kernel_feature, "auto")[0]
     plan = mode.plan(topo, datapath)
     src, dst = (topo.pods[0].node, topo.pods[1].node)
-    encap = plan.paths[f"{src}>{dst}"]["encap"] if plan.paths else plan.flows[0].encap
+    encap = plan.path(src, dst)["encap"]
     kinds = {d.kind for ns in plan.namespaces.values() for d in ns.daemons}
     return ModeInfo(
         name=name,

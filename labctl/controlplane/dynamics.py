@@ -24,9 +24,8 @@ from labctl.controlplane.supervise import AGENT, ControlPlane, agent_configs
 from labctl.modes import get_mode
 from labctl.modes.flannel import BACKENDS, VXLAN_DEV, backend_named, peer_objects
 from labctl.nsutil import in_netns
-from labctl.plan import Plan, node_paths, peers_of
+from labctl.plan import Plan, path_classes, peers_of
 from labctl.topology import load_topology
-from labctl.wire import Flow
 
 # What `config set backend` accepts: flannel's Backend.Type (+ vxlan's DirectRouting).
 BACKEND_CHOICES = ("vxlan", "vxlan-directrouting", "host-gw", "udp", "ipip")
@@ -154,29 +153,9 @@ class Dynamics:
                 ns.routes += part.routes
                 ns.neighbours += part.neighbours
                 ns.fdb += part.fdb
-        all_peers = {n: {p.name: p for p in peers_of(topo, n, VXLAN_DEV)} for n in topo.nodes}
         self.plan.mode = new
         self.plan.wire = list(mode.wire_specs)
-        self.plan.paths = node_paths(topo, lambda a, b: backend.encap_for(all_peers[a][b]))
-        self.plan.flows = [
-            Flow(
-                **{k: getattr(f, k) for k in _FLOW_ENDS},
-                **self.plan.paths[f"{f.src_node}>{f.dst_node}"],
-            )
-            for f in self.plan.flows
-        ]
-
-
-_FLOW_ENDS = (
-    "src_pod",
-    "dst_pod",
-    "src_pod_ip",
-    "dst_pod_ip",
-    "src_node",
-    "dst_node",
-    "src_node_ip",
-    "dst_node_ip",
-)
+        self.plan.paths = path_classes(backend.encap_for)
 
 
 def leftovers(plan: Plan, pids: dict[str, int], mode: str) -> list[str]:

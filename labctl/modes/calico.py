@@ -42,6 +42,7 @@ from labctl.modes import FELIX, Mode, register
 from labctl.modes.podnet import CALI
 from labctl.modes.tunnels import add_ipip, add_vxlan, bpf_note
 from labctl.plan import (
+    PEER_MAC,
     UNDERLAY_IF,
     Address,
     Fdb,
@@ -50,10 +51,8 @@ from labctl.plan import (
     Plan,
     Route,
     base_plan,
-    cross_node_flows,
-    node_paths,
+    path_classes,
     stable_mac,
-    underlay_mac,
 )
 from labctl.render import render
 from labctl.topology import Topology, TopologyError
@@ -211,28 +210,25 @@ def _vxlan_cross_subnet_route(ns: NamespacePlan, peer: CalicoPeer) -> None:
     (_direct_route if peer.same_subnet else _vxlan_route)(ns, peer)
 
 
-def _bare(peer: CalicoPeer) -> dict[str, Any]:
+def _bare(same_subnet: bool) -> dict[str, Any]:
     # Across a router the first hop is the router, so only same-segment pairs pin the MAC.
-    return {
-        "encap": "bare",
-        "next_hop_mac": underlay_mac(peer.name, UNDERLAY_IF) if peer.same_subnet else None,
-    }
+    return {"encap": "bare", "next_hop_mac": PEER_MAC if same_subnet else None}
 
 
-def _ipip(peer: CalicoPeer) -> dict[str, Any]:
+def _ipip(same_subnet: bool) -> dict[str, Any]:
     return {"encap": "ipip"}
 
 
-def _vxlan(peer: CalicoPeer) -> dict[str, Any]:
+def _vxlan(same_subnet: bool) -> dict[str, Any]:
     return {"encap": "vxlan", "port": VXLAN_PORT, "vni": VXLAN_VNI}
 
 
-def _ipip_cross_subnet(peer: CalicoPeer) -> dict[str, Any]:
-    return _bare(peer) if peer.same_subnet else _ipip(peer)
+def _ipip_cross_subnet(same_subnet: bool) -> dict[str, Any]:
+    return _bare(same_subnet) if same_subnet else _ipip(same_subnet)
 
 
-def _vxlan_cross_subnet(peer: CalicoPeer) -> dict[str, Any]:
-    return _bare(peer) if peer.same_subnet else _vxlan(peer)
+def _vxlan_cross_subnet(same_subnet: bool) -> dict[str, Any]:
+    return _bare(same_subnet) if same_subnet else _vxlan(same_subnet)
 
 
 BgpRole = Literal["install", "announce", "off"]
@@ -247,7 +243,7 @@ class Encap:
     #: Programs what a node needs to reach one peer's block (Felix); None: BGP does it.
     per_peer: Callable[[NamespacePlan, CalicoPeer], None] | None
     #: How a packet from a pod to a pod on `peer` crosses the wire.
-    encap_for: Callable[[CalicoPeer], dict[str, Any]]
+    encap_for: Callable[[bool], dict[str, Any]]  # by same_subnet (Plan.paths)
     #: Node BGP: "install" (FRR writes the routes), "announce" (sessions and announcements,
     #: routes are Felix's), "off" (no BGP on nodes, as calico_backend: vxlan).
     bgp: BgpRole
@@ -410,12 +406,13 @@ def plan_calico(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
     if encap.bgp == "announce":
         plan.notes.append(NO_RIB_NOTE.format(mode=mode.name))
     blocks = {node: ipam_block(topo, node) for node in topo.nodes}
-    peers = {node: calico_peers(topo, node, blocks) for node in topo.nodes}
     for node in topo.nodes:
         ns = plan.namespaces[node]
         pod_mtu = plan.node_pod_mtu[node]
+        # Only devices and per-peer routes need the other nodes (BGP mode learns them).
+        peers = calico_peers(topo, node, blocks) if encap.device or encap.per_peer else []
         if encap.device is not None:
-            encap.device(ns, topo, node, blocks[node], pod_mtu, datapath, peers[node])
+            encap.device(ns, topo, node, blocks[node], pod_mtu, datapath, peers)
         mode.network.node(plan, ns, topo, node, pod_mtu)
         for pod in topo.pods_on(node):
             mode.network.pod(plan, ns, pod, topo, pod_mtu, topo.pod_ips[pod.key])
@@ -424,7 +421,7 @@ def plan_calico(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
         if encap.per_peer is not None:
             # Felix owns the routes: the blackhole is its too (BGP mode: FRR's staticd).
             ns.routes.append(Route(dst=str(blocks[node]), type="blackhole", proto=FELIX_PROTO))
-            for peer in peers[node]:
+            for peer in peers:
                 encap.per_peer(ns, peer)
 
     if encap.bgp != "off":
@@ -436,10 +433,7 @@ def plan_calico(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
     if encap.bgp == "install" and static:
         plan.notes.append(STATIC_ROUTERS_NOTE.format(routers=", ".join(static)))
 
-    by_name = {node: {p.name: p for p in ps} for node, ps in peers.items()}
-
-    plan.flows = cross_node_flows(topo, lambda a, b: encap.encap_for(by_name[a][b]))
-    plan.paths = node_paths(topo, lambda a, b: encap.encap_for(by_name[a][b]))
+    plan.paths = path_classes(encap.encap_for)
     return plan
 
 

@@ -16,6 +16,7 @@ from labctl.modes import Mode, register
 from labctl.modes.podnet import BRIDGE
 from labctl.modes.tunnels import add_ipip, add_vxlan, bpf_note
 from labctl.plan import (
+    PEER_MAC,
     UNDERLAY_IF,
     Address,
     Daemon,
@@ -27,11 +28,9 @@ from labctl.plan import (
     Plan,
     Route,
     base_plan,
-    cross_node_flows,
-    node_paths,
+    path_classes,
     peers_of,
     stable_mac,
-    underlay_mac,
 )
 from labctl.render import render
 from labctl.topology import Topology, TopologyError
@@ -64,7 +63,8 @@ class Backend:
     # Programs what a node needs to reach one peer.
     per_peer: Callable[[NamespacePlan, Peer], None] = lambda ns, peer: None
     # How a packet from a pod on node A to a pod on node B crosses the wire.
-    encap_for: Callable[[Peer], dict[str, Any]] = lambda peer: {"encap": "bare"}
+    # How a pair crosses the wire, by whether it shares a segment (Plan.paths).
+    encap_for: Callable[[bool], dict[str, Any]] = lambda same_subnet: {"encap": "bare"}
     wire: tuple[WireSpec, ...] = ()
 
 
@@ -100,14 +100,14 @@ def _vxlan_direct_peer(ns: NamespacePlan, peer: Peer) -> None:
         _vxlan_peer(ns, peer)
 
 
-def _vxlan_encap(peer: Peer) -> dict[str, Any]:
+def _vxlan_encap(same_subnet: bool) -> dict[str, Any]:
     return {"encap": "vxlan", "port": VXLAN_PORT, "vni": VXLAN_VNI}
 
 
-def _vxlan_direct_encap(peer: Peer) -> dict[str, Any]:
-    if peer.same_subnet:
-        return {"encap": "bare", "next_hop_mac": underlay_mac(peer.name, UNDERLAY_IF)}
-    return _vxlan_encap(peer)
+def _vxlan_direct_encap(same_subnet: bool) -> dict[str, Any]:
+    if same_subnet:
+        return {"encap": "bare", "next_hop_mac": PEER_MAC}
+    return _vxlan_encap(same_subnet)
 
 
 # ---- host-gw ----
@@ -127,8 +127,8 @@ def _hostgw_peer(ns: NamespacePlan, peer: Peer) -> None:
     )
 
 
-def _hostgw_encap(peer: Peer) -> dict[str, Any]:
-    return {"encap": "bare", "next_hop_mac": underlay_mac(peer.name, UNDERLAY_IF)}
+def _hostgw_encap(same_subnet: bool) -> dict[str, Any]:
+    return {"encap": "bare", "next_hop_mac": PEER_MAC}
 
 
 # ---- udp (flanneld's userspace proxy) ----
@@ -210,7 +210,7 @@ BACKENDS: dict[str, Backend] = {
         overhead=28,
         options={"Type": "udp", "Port": UDP_PORT},
         device=_udp_device,
-        encap_for=lambda peer: {"encap": "udp", "port": UDP_PORT},
+        encap_for=lambda same_subnet: {"encap": "udp", "port": UDP_PORT},
         wire=(WireSpec("udp", UDP_PORT),),
     ),
     "flannel-ipip": Backend(
@@ -219,7 +219,7 @@ BACKENDS: dict[str, Backend] = {
         options={"Type": "ipip"},
         device=_ipip_device,
         per_peer=_ipip_peer,
-        encap_for=lambda peer: {"encap": "ipip"},
+        encap_for=lambda same_subnet: {"encap": "ipip"},
         wire=(WireSpec("ipip"),),
         kernel_feature="ipip",
     ),
@@ -329,8 +329,7 @@ def plan_flannel(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
             ns.routes += part.routes
         ns.daemons.append(Daemon("flannel-agent", agent_config(topo, node)))
 
-    plan.flows = cross_node_flows(topo, lambda a, b: backend.encap_for(peers[a][b]))
-    plan.paths = node_paths(topo, lambda a, b: backend.encap_for(peers[a][b]))
+    plan.paths = path_classes(backend.encap_for)
     return plan
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 from functools import cache
 from ipaddress import IPv4Network
 
+from labctl import store
 from labctl.modes import get_mode
-from labctl.plan import Link, NamespacePlan, Plan, Route
+from labctl.plan import Link, NamespacePlan, Plan, Route, flows_for
 from labctl.topology import Topology, load_topology
+from labctl.wire import Flow
 
 
 def link(ns: NamespacePlan, name: str) -> Link:
@@ -44,3 +46,9 @@ def block(t: Topology, node: str) -> str:
     """The first /26 of the node's pod CIDR, computed here without the planner."""
     cidr = t.node_pod_cidrs[node]
     return str(IPv4Network(f"{cidr.network_address}/26"))
+
+
+def topology_flows(p: Plan, topology: Topology) -> list[Flow]:
+    """Every cross-node pod pair of the topology's pods, carried as `p` says."""
+    pods = store.from_topology(topology, get_mode(p.mode).network).pods.values()
+    return flows_for(list(pods), p, topology)

@@ -14,6 +14,7 @@ from labctl.datapath import bpf
 from labctl.features import MissingFeature, resolve_datapath
 from labctl.modes import get_mode
 from labctl.topology import Topology, load_topology
+from tests.unit.plan_helpers import topology_flows
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_bpf_plan_keeps_the_real_device_and_routes(topo: Topology, mode: str, de
     assert bool(tunnel_routes) == (mode != "calico-ipip-crosssubnet")
     assert all(r.via in {"10.0.0.32", "10.0.0.33"} for r in tunnel_routes)
     assert any("BPF IPIP datapath" in n and dev in n for n in plan.notes)
-    assert {f.encap for f in plan.flows} <= {"ipip", "bare"}
+    assert {f.encap for f in topology_flows(plan, topo)} <= {"ipip", "bare"}
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from labctl.modes import calico, get_mode
 from labctl.plan import Plan
 from labctl.topology import TopologyError, parse_topology
 
-from .plan_helpers import addrs, block, link, plan, route_to, topo
+from .plan_helpers import addrs, block, link, plan, route_to, topo, topology_flows
 
 BGP = "calico-bgp"
 IPIP = "calico-ipip"
@@ -275,7 +275,10 @@ def test_vxlan_crosssubnet_routes_per_peer() -> None:
 
 
 def _flow_encaps(p: Plan) -> dict[tuple[str, str], tuple[Any, ...]]:
-    return {(f.src_node, f.dst_node): (f.encap, f.port, f.vni, f.next_hop_mac) for f in p.flows}
+    return {
+        (f.src_node, f.dst_node): (f.encap, f.port, f.vni, f.next_hop_mac)
+        for f in topology_flows(p, topo(p.topology))
+    }
 
 
 def test_flows_per_pair() -> None:
@@ -293,7 +296,7 @@ def test_flows_per_pair() -> None:
     assert set(_flow_encaps(plan(IPIP, "cross-subnet")).values()) == {("ipip", None, None, None)}
     assert set(_flow_encaps(plan(VXLAN, "cross-subnet")).values()) == {("vxlan", 4789, 4096, None)}
     # One flow per ordered pair of pods on different nodes.
-    assert len(plan(BGP, "default").flows) == 6 * 4
+    assert len(topology_flows(plan(BGP, "default"), topo("default"))) == 6 * 4
 
 
 # ---------------------------------------------------------------- BGP speakers

@@ -19,7 +19,7 @@ from labctl.modes import get_mode
 from labctl.plan import Link, NamespacePlan, Plan
 from labctl.topology import Topology, load_topology
 
-from .plan_helpers import addrs, link, route_to
+from .plan_helpers import addrs, link, route_to, topology_flows
 
 VXLAN = "flannel-vxlan"
 DIRECT = "flannel-vxlan-directrouting"
@@ -350,7 +350,7 @@ def expected_pairs(t: Topology) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("tname", TOPOLOGIES)
 def test_one_flow_per_cross_node_ordered_pair(mode: str, tname: str) -> None:
     t = topo(tname)
-    flows = plan(mode, tname).flows
+    flows = topology_flows(plan(mode, tname), t)
     assert [(f.src_pod, f.dst_pod) for f in flows] == expected_pairs(t)
     for f in flows:
         assert f.src_node != f.dst_node
@@ -362,20 +362,20 @@ def test_one_flow_per_cross_node_ordered_pair(mode: str, tname: str) -> None:
 
 def test_flow_count_default() -> None:
     # 6 pods, 2 per node: each pod talks to the 4 pods on the other nodes.
-    flows = plan(VXLAN, "default").flows
+    flows = topology_flows(plan(VXLAN, "default"), topo("default"))
     assert len(flows) == 24
     assert not any(f.src_pod == "default/web-1" and f.dst_pod == "test/db-1" for f in flows)
 
 
 def test_vxlan_flows() -> None:
-    for f in plan(VXLAN, "default").flows:
+    for f in topology_flows(plan(VXLAN, "default"), topo("default")):
         assert (f.encap, f.port, f.vni, f.next_hop_mac) == ("vxlan", 8472, 1, None)
 
 
 @pytest.mark.parametrize("tname", ["default", "two-node"])
 def test_hostgw_flows_next_hop_is_peer_eth0_mac(tname: str) -> None:
     p = plan(HOSTGW, tname)
-    for f in p.flows:
+    for f in topology_flows(p, topo(tname)):
         assert f.encap == "bare"
         assert f.port is None and f.vni is None
         assert f.next_hop_mac == attachment_mac(p, f.dst_node)
@@ -384,7 +384,7 @@ def test_hostgw_flows_next_hop_is_peer_eth0_mac(tname: str) -> None:
 
 def test_directrouting_flows_cross_subnet() -> None:
     p = plan(DIRECT, "cross-subnet")
-    by_nodes = {(f.src_node, f.dst_node): f for f in p.flows}
+    by_nodes = {(f.src_node, f.dst_node): f for f in topology_flows(p, topo("cross-subnet"))}
     assert set(by_nodes) == {
         (a, b) for a in ("node1", "node2", "node3") for b in ("node1", "node2", "node3") if a != b
     }

@@ -7,6 +7,7 @@ import pytest
 from labctl.features import BadDatapath, MissingFeature, resolve_datapath
 from labctl.modes import get_mode
 from labctl.topology import Topology, load_topology
+from tests.unit.plan_helpers import topology_flows
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,8 @@ def test_udp_plan_matches_flanneld(topo: Topology) -> None:
     }
     assert "FLANNEL_MTU=1472" in node.files["/run/flannel/subnet.env"]
     assert plan.pod_mtu == 1472
-    assert {f.encap for f in plan.flows} == {"udp"} and {f.port for f in plan.flows} == {8285}
+    flows = topology_flows(plan, topo)
+    assert {f.encap for f in flows} == {"udp"} and {f.port for f in flows} == {8285}
 
 
 @pytest.mark.parametrize(("datapath", "kind"), [("kernel", "ipip"), ("userspace", "tun")])
@@ -51,7 +53,7 @@ def test_ipip_plan_both_datapaths(topo: Topology, datapath: str, kind: str) -> N
     routes = {r.dst: r for r in node.routes if r.dev == "flannel.ipip"}
     assert routes["10.244.1.0/24"].via == "10.0.0.32" and routes["10.244.1.0/24"].onlink
     assert routes["10.244.2.0/24"].via == "10.0.0.33" and routes["10.244.2.0/24"].onlink
-    assert {f.encap for f in plan.flows} == {"ipip"}
+    assert {f.encap for f in topology_flows(plan, topo)} == {"ipip"}
 
 
 def test_resolve_datapath(monkeypatch: pytest.MonkeyPatch) -> None:
