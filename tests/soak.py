@@ -89,6 +89,7 @@ class Soak:
         self.rng = random.Random(seed)
         self.baseline = host_snapshot()
         self.report = Report()
+        self.last_up: subprocess.CompletedProcess[str] | None = None
 
     def assert_clean(self, what: str, labs: list[str]) -> None:
         """The host is as before and the labs left nothing (processes, namespace, state)."""
@@ -110,10 +111,13 @@ class Soak:
     def lab(self, base: str, mode: str, topology: str, *extra: str) -> Iterator[str]:
         """A lab up for the block, down after whatever happened."""
         try:
-            cli("up", mode, "-t", topology, "-n", base, *extra)
+            self.last_up = cli("up", mode, "-t", topology, "-n", base, *extra)
             yield base
         finally:
-            cli("down", "-n", base, check=False)
+            down = cli("down", "-n", base, check=False)
+            if down.returncode != 0:
+                # A lab that will not go down is the leak this pass looks for: say why.
+                raise SoakFailure(f"down -n {base} exited {down.returncode}: {down.stderr}")
 
     def cycles(self, count: int) -> None:
         for i in range(count):
@@ -121,7 +125,12 @@ class Soak:
             with self.lab("soak", mode, topology):
                 probe = cli("probe", "-n", "soak", check=False)
                 if probe.returncode != 0:
-                    raise SoakFailure(f"cycle {i} ({mode}, {topology}): probe failed")
+                    tail = " | ".join((probe.stdout + probe.stderr).strip().splitlines()[-4:])
+                    up_out = self.last_up.stdout if self.last_up else ""
+                    said = " | ".join(up_out.strip().splitlines()[-3:])
+                    raise SoakFailure(
+                        f"cycle {i} ({mode}, {topology}): probe failed: {tail} (up said: {said})"
+                    )
             self.assert_clean(f"cycle {i} ({mode}, {topology})", ["soak"])
             self.report.cycles += 1
 
