@@ -99,9 +99,11 @@ def up(
     """
     from pyroute2 import netns as pr_netns
 
-    from labctl import store
+    from labctl import capacity, store
 
     plan = mode.plan(topo, datapath)
+    # Refuse before building: past these limits a lab fails in ways that look like bugs.
+    capacity.check(capacity.demand(plan), capacity.host_limits())
     objects = store.from_topology(topo, mode.network)
     if lab in state.list_labs() or os.path.exists(f"/run/netns/{state.netns_name(lab)}"):
         raise LabError(f"lab {lab!r} is already up; 'labctl down -n {lab}' first, or pick -n NAME")

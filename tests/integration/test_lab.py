@@ -282,3 +282,26 @@ def test_up_refuses_a_lab_that_is_already_up(lab: list[str]) -> None:
     again = labctl("up", "flannel-host-gw", "-n", "twice", check=2)
     assert "already up" in again.stderr
     assert labctl_json("status", "-n", "twice")["mode"] == "flannel-vxlan"
+
+
+def test_up_refuses_a_topology_the_host_cannot_hold(tmp_path: Path) -> None:
+    """More nodes on one segment than the kernel's shared neighbour table holds: refused in
+    one line with exit 2 before anything is built (no namespace, no state, no process)."""
+    from labctl import capacity
+
+    cap = int(capacity.GC_THRESH3.read_text())
+    nodes = next(n for n in range(2, 1000) if n * (n - 1) + 2 * n > cap)
+    topo = tmp_path / "big.yaml"
+    topo.write_text(
+        "name: big\nsegments: {lan1: {cidr: 10.0.0.0/16}}\nnodes:\n"
+        + "".join(
+            f"  n{i}: {{segment: lan1, ip: 10.0.{i // 200}.{i % 200 + 10}}}\n" for i in range(nodes)
+        )
+        + "pods:\n"
+        + "".join(f"  - {{name: p{i}, node: n{i}}}\n" for i in range(nodes))
+    )
+    before = host_snapshot()
+    refused = labctl("up", "calico-bgp", "-t", str(topo), "-n", "toobig", check=2)
+    assert "gc_thresh3" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert_gone("toobig")
+    assert host_snapshot() == before

@@ -1,0 +1,82 @@
+"""The host-capacity check `up` runs before building (no root: demand is pure, limits given)."""
+
+from __future__ import annotations
+
+import pytest
+
+from labctl import capacity
+from labctl.capacity import CapacityError, Demand, Limits
+from labctl.modes import get_mode
+from labctl.topology import load_topology, parse_topology
+
+ROOMY = Limits(neighbours=1024, memory_mb=24_000, fds=1024)
+
+
+def flat(nodes: int, pods_per_node: int = 1) -> dict[str, object]:
+    """`nodes` nodes on one segment, `pods_per_node` pods each."""
+    return {
+        "name": "flat",
+        "segments": {"lan1": {"cidr": "10.0.0.0/16"}},
+        "nodes": {
+            f"n{i}": {"segment": "lan1", "ip": f"10.0.{i // 200}.{i % 200 + 10}"}
+            for i in range(nodes)
+        },
+        "pods": [
+            {"name": f"p{i}-{j}", "node": f"n{i}"}
+            for i in range(nodes)
+            for j in range(pods_per_node)
+        ],
+    }
+
+
+def test_demand_of_the_default_topology() -> None:
+    plan = get_mode("calico-bgp").plan(load_topology("default"))
+    need = capacity.demand(plan)
+    # 3 nodes on one segment: 3*2 entries; 6 pods: each with its node, both ways.
+    assert need.neighbours == 3 * 2 + 2 * 6
+    # supervisor + 9 shells + 3 FRR, no etcd or agents in Calico modes.
+    assert need.memory_mb == pytest.approx(70 + 3.5 * 9 + 35 * 3)
+    assert need.fds == 40 + 4 * 9
+    capacity.check(need, ROOMY)  # the default lab fits a default host
+
+
+def test_flannel_counts_etcd_and_an_agent_per_node() -> None:
+    plan = get_mode("flannel-vxlan").plan(load_topology("default"))
+    assert capacity.demand(plan).memory_mb == pytest.approx(70 + 3.5 * 9 + 30 + 50 * 3)
+
+
+def test_a_segment_too_big_for_the_neighbour_table_is_refused() -> None:
+    # 33 nodes on one segment: 33*32 = 1056 entries > 1024, the kernel's default cap.
+    need = capacity.demand(get_mode("calico-bgp").plan(parse_topology(flat(33))))
+    assert need.neighbours == 33 * 32 + 2 * 33
+    with pytest.raises(CapacityError, match=r"gc_thresh3 is 1024: raise it on the host"):
+        capacity.check(need, ROOMY)
+    # Negative: 31 nodes fit.
+    capacity.check(capacity.demand(get_mode("calico-bgp").plan(parse_topology(flat(31)))), ROOMY)
+
+
+@pytest.mark.parametrize(
+    ("have", "message"),
+    [
+        (Limits(neighbours=1024, memory_mb=100, fds=1024), r"needs ~200 MB but the host has 100"),
+        (Limits(neighbours=1024, memory_mb=24_000, fds=50), r"needs ~60 open files .* is 50"),
+    ],
+)
+def test_memory_and_file_limits_are_named(have: Limits, message: str) -> None:
+    need = Demand(neighbours=10, memory_mb=200, fds=60)
+    with pytest.raises(CapacityError, match=message):
+        capacity.check(need, have)
+    capacity.check(need, ROOMY)  # negative: the same lab on a roomy host
+
+
+def test_the_error_is_one_line_with_exit_2() -> None:
+    with pytest.raises(CapacityError) as info:
+        capacity.check(Demand(neighbours=5000, memory_mb=1, fds=1), ROOMY)
+    assert "\n" not in str(info.value) and info.value.exit_code == 2
+    assert "gc_thresh3=7168" in str(info.value)  # a round figure above the demand
+
+
+def test_host_limits_are_read_from_the_host() -> None:
+    have = capacity.host_limits()
+    assert have.neighbours == int(capacity.GC_THRESH3.read_text())
+    assert have.memory_mb > 0 and have.fds > 0
