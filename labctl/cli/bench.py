@@ -86,7 +86,12 @@ SERVICE_FIGURES = (
     show_default=True,
     help="Nodes in the generated large topology (--lifecycle, --policy).",
 )
-@click.option("--pods-per-node", type=click.IntRange(1, 200), default=10, show_default=True)
+@click.option(
+    "--pods-per-node",
+    type=click.IntRange(1, 200),
+    default=None,
+    help="Pods on each node of the generated topologies [default: 10; --scale: 1].",
+)
 @click.option(
     "--lifecycle",
     "lifecycle_",
@@ -106,6 +111,20 @@ SERVICE_FIGURES = (
     help="Instead: Pod, Deployment and Service figures per mode, kube-proxy in iptables and "
     "nftables mode side by side.",
 )
+@click.option(
+    "--scale",
+    is_flag=True,
+    help="Instead: calico-bgp plan time and memory up to 500 nodes/5,000 pods, and up, BGP "
+    "convergence, verify and down for --sizes nodes, full mesh vs 2 route reflectors.",
+)
+@click.option(
+    "--sizes",
+    default="3,10,30,100",
+    show_default=True,
+    metavar="N,N,...",
+    help="Node counts of the --scale live rows (a size this host cannot hold is reported as "
+    "refused, as 'up' would refuse it).",
+)
 @OUTPUT
 @guarded
 def bench(
@@ -114,10 +133,12 @@ def bench(
     repeats: int,
     lab: str,
     nodes: int,
-    pods_per_node: int,
+    pods_per_node: int | None,
     lifecycle_: bool,
     policy: bool,
     services_: bool,
+    scale: bool,
+    sizes: str,
     output: str,
 ) -> None:
     """The answer table: for every mode, pod-to-pod TCP throughput (1 and 4 streams),
@@ -125,8 +146,8 @@ def bench(
     underlay and a hand-built reference of the same datapath (JSON and chart saved under
     captures/NAME/bench/). --lifecycle, --policy and --services measure other things."""
     lifecycle.check_environment()
-    if sum((lifecycle_, policy, services_)) > 1:
-        raise click.UsageError("--lifecycle, --policy and --services: pick one")
+    if sum((lifecycle_, policy, services_, scale)) > 1:
+        raise click.UsageError("--lifecycle, --policy, --services and --scale: pick one")
     default = (
         "calico-bgp,canal"
         if policy
@@ -141,12 +162,14 @@ def bench(
         raise click.BadParameter("name at least one mode", param_hint="--modes")
     if lab in state.list_labs():
         raise LabError(f"a lab named {lab!r} is up; 'labctl down -n {lab}' first, or pick -n NAME")
-    if services_:
+    if scale:
+        _scale(lab, _sizes(sizes), pods_per_node or 1, output)
+    elif services_:
         _services(names, output)
     elif policy:
-        _policy(names, (nodes, pods_per_node), output)
+        _policy(names, (nodes, pods_per_node or 10), output)
     elif lifecycle_:
-        _lifecycle(names, (nodes, pods_per_node), output)
+        _lifecycle(names, (nodes, pods_per_node or 10), output)
     else:
         _answer(lab, names, duration, repeats, output)
 
@@ -166,6 +189,53 @@ def _answer(lab: str, names: list[str], duration: int, repeats: int, output: str
         emit_json(report.model_dump())
         return
     out.print(table.render(report))
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(not 2 <= n <= 1000 for n in sizes):
+        raise click.BadParameter("node counts from 2 to 1000, e.g. 3,10,30", param_hint="--sizes")
+    return sizes
+
+
+def _scale(lab: str, sizes: list[int], pods_per_node: int, output: str) -> None:
+    from labctl.bench import scale
+
+    with out.status("benchmarking scale") as status:
+        result = scale.run(sizes, pods_per_node, lab, lambda p: status.update(p))
+    path = scale.save(lab, result)
+    if output == "json":
+        emit_json({**result, "file": str(path)})
+        return
+    t = Table(title="labctl bench --scale: planning calico-bgp (10 pods per node)")
+    for col in ("design", "nodes", "pods", "plan (s)", "peak MB", "BGP sessions", "ARP entries"):
+        t.add_column(col)
+    t.add_column("this host")
+    for r in result["plan"]:
+        t.add_row(
+            *(str(r[k]) for k in ("design", "nodes", "pods", "planSeconds", "planPeakMB")),
+            *(str(r[k]) for k in ("bgpSessions", "neighbours")),
+            r["refused"] or "fits",
+        )
+    out.print(t)
+    t = Table(title=f"live calico-bgp labs, {pods_per_node} pod(s) per node (seconds)")
+    for col in ("design", "nodes", "BGP sessions", "up", "of which BGP", "verify", "down"):
+        t.add_column(col)
+    t.add_column("verified")
+    for r in result["live"]:
+        if r.get("refused"):
+            t.add_row(r["design"], str(r["nodes"]), str(r["bgpSessions"]), r["refused"])
+            continue
+        t.add_row(
+            *(str(r[k]) for k in ("design", "nodes", "bgpSessions", "up", "converge", "verify")),
+            str(r["down"]),
+            "yes" if r["verified"] else "[red]no[/red]",
+        )
+    out.print(t)
+    out.print(f"saved {path}")
 
 
 def _services(names: list[str], output: str) -> None:
