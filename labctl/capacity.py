@@ -40,7 +40,12 @@ GC_THRESH3 = Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
 
 
 class CapacityError(LabctlError):
-    """The topology is more than this host can hold; exit 2 (bad input for this host)."""
+    """The topology is more than this host can hold; exit 2 (bad input for this host).
+    `short` names the limit in a few words, for tables."""
+
+    def __init__(self, message: str, short: str) -> None:
+        super().__init__(message)
+        self.short = short
 
 
 @dataclass(frozen=True)
@@ -106,18 +111,21 @@ def check(need: Demand, have: Limits) -> None:
             f"topology needs ~{need.neighbours} neighbour (ARP) entries but the host's "
             f"net.ipv4.neigh.default.gc_thresh3 is {have.neighbours}: raise it on the host "
             f"(sysctl -w net.ipv4.neigh.default.gc_thresh3={_round_up(need.neighbours)}; "
-            "labctl never changes host sysctls) or split the nodes over more segments"
+            "labctl never changes host sysctls) or split the nodes over more segments",
+            f"ARP {need.neighbours} > gc_thresh3 {have.neighbours}",
         )
     if need.memory_mb > MEMORY_MARGIN * have.memory_mb:
         raise CapacityError(
             f"topology needs ~{need.memory_mb:.0f} MB but the host has "
             f"{have.memory_mb:.0f} MB available (MemAvailable; labctl keeps "
-            f"{1 - MEMORY_MARGIN:.0%} free): use fewer nodes or pods, or free memory"
+            f"{1 - MEMORY_MARGIN:.0%} free): use fewer nodes or pods, or free memory",
+            f"{need.memory_mb:.0f} MB > {MEMORY_MARGIN * have.memory_mb:.0f} MB",
         )
     if need.fds > have.fds:
         raise CapacityError(
             f"topology needs ~{need.fds} open files in the supervisor but RLIMIT_NOFILE is "
-            f"{have.fds}: raise it (ulimit -n {_round_up(need.fds)}) or use fewer namespaces"
+            f"{have.fds}: raise it (ulimit -n {_round_up(need.fds)}) or use fewer namespaces",
+            f"files {need.fds} > RLIMIT_NOFILE {have.fds}",
         )
 
 

@@ -93,7 +93,7 @@ def _refusal(need: capacity.Demand) -> str | None:
     try:
         capacity.check(need, capacity.host_limits())
     except capacity.CapacityError as e:
-        return str(e).split(":", 1)[0]  # "topology needs ~N ... is M", without the fix
+        return f"refused: {e.short}"
     return None
 
 
