@@ -2,8 +2,9 @@
 
 Three limits break a big lab in ways that look like dataplane bugs, so `up` refuses first:
 
-* the kernel's neighbour (ARP) table: one table for every network namespace, capped by the
-  host's ``net.ipv4.neigh.default.gc_thresh3``; past it the kernel drops new entries
+* the kernel's neighbour (ARP) table: one table for every network namespace (so the host's
+  and other labs' entries count too), capped by the host's
+  ``net.ipv4.neigh.default.gc_thresh3``; past it the kernel drops new entries
   ("neighbour table overflow") and pods lose traffic at random. labctl never raises the cap
   itself: it is a host sysctl, and the host is not the lab's to change;
 * memory: every node runs a shell, and FRR, an agent or a userspace datapath per the mode;
@@ -37,6 +38,8 @@ SUPERVISOR_FDS = 40
 FDS_PER_NAMESPACE = 4
 
 GC_THRESH3 = Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+#: Per-CPU rows; the first column, `entries`, is the table's size in hex (same on every row).
+ARP_STATS = Path("/proc/net/stat/arp_cache")
 
 
 class CapacityError(LabctlError):
@@ -64,6 +67,7 @@ class Limits:
     neighbours: int  # gc_thresh3
     memory_mb: float  # MemAvailable
     fds: int  # RLIMIT_NOFILE soft limit, which the supervisor inherits
+    neighbours_used: int = 0  # entries already in the table (the host, other labs)
 
 
 def demand(plan: Plan) -> Demand:
@@ -101,18 +105,22 @@ def host_limits() -> Limits:
         neighbours=int(GC_THRESH3.read_text()),
         memory_mb=available_kb / 1024,
         fds=soft if soft != resource.RLIM_INFINITY else 1 << 30,
+        neighbours_used=int(ARP_STATS.read_text().splitlines()[1].split()[0], 16),
     )
 
 
 def check(need: Demand, have: Limits) -> None:
     """Raise CapacityError naming the first limit the lab would exceed, and the fix."""
-    if need.neighbours > have.neighbours:
+    free = have.neighbours - have.neighbours_used
+    if need.neighbours > free:
+        used = f" and {have.neighbours_used} are in use" if have.neighbours_used else ""
         raise CapacityError(
             f"topology needs ~{need.neighbours} neighbour (ARP) entries but the host's "
-            f"net.ipv4.neigh.default.gc_thresh3 is {have.neighbours}: raise it on the host "
-            f"(sysctl -w net.ipv4.neigh.default.gc_thresh3={_round_up(need.neighbours)}; "
-            "labctl never changes host sysctls) or split the nodes over more segments",
-            f"ARP {need.neighbours} > gc_thresh3 {have.neighbours}",
+            f"net.ipv4.neigh.default.gc_thresh3 is {have.neighbours}{used}: raise it on the host "
+            f"(sysctl -w net.ipv4.neigh.default.gc_thresh3="
+            f"{_round_up(need.neighbours + have.neighbours_used)}; labctl never changes host "
+            "sysctls), take other labs down, or split the nodes over more segments",
+            f"ARP {need.neighbours} > {free} free of gc_thresh3 {have.neighbours}",
         )
     if need.memory_mb > MEMORY_MARGIN * have.memory_mb:
         raise CapacityError(

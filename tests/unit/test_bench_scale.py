@@ -37,4 +37,4 @@ def test_a_size_this_host_cannot_hold_is_named_not_built(monkeypatch: pytest.Mon
     kernel_default = capacity.Limits(neighbours=1024, memory_mb=24_000, fds=1024)
     monkeypatch.setattr(capacity, "host_limits", lambda: kernel_default)
     row = scale.live_row(200, 1, 0, "never-built", lambda _: None)
-    assert row["refused"] == "refused: ARP 40200 > gc_thresh3 1024" and "up" not in row
+    assert row["refused"] == "refused: ARP 40200 > 1024 free of gc_thresh3 1024" and "up" not in row

@@ -80,3 +80,13 @@ def test_host_limits_are_read_from_the_host() -> None:
     have = capacity.host_limits()
     assert have.neighbours == int(capacity.GC_THRESH3.read_text())
     assert have.memory_mb > 0 and have.fds > 0
+
+
+def test_entries_already_in_the_shared_table_count() -> None:
+    """Other labs and the host use the same table: a lab that fits alone may not fit now."""
+    need = Demand(neighbours=900, memory_mb=1, fds=1)
+    capacity.check(need, ROOMY)
+    busy = Limits(neighbours=1024, memory_mb=24_000, fds=1024, neighbours_used=200)
+    with pytest.raises(CapacityError, match=r"gc_thresh3 is 1024 and 200 are in use") as info:
+        capacity.check(need, busy)
+    assert info.value.short == "ARP 900 > 824 free of gc_thresh3 1024"
