@@ -97,6 +97,19 @@ def _refusal(need: capacity.Demand) -> str | None:
     return None
 
 
+def _settle_neighbours(timeout: float = 30.0) -> None:
+    """Wait while the shared neighbour table still shrinks: the kernel frees a deleted
+    namespace's entries some time after `down`, and the previous row's would count."""
+    deadline = time.monotonic() + timeout
+    last = capacity.host_limits().neighbours_used
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = capacity.host_limits().neighbours_used
+        if now >= last:
+            return
+        last = now
+
+
 def live_row(
     nodes: int, pods_per_node: int, reflectors: int, lab: str, progress: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -109,6 +122,7 @@ def live_row(
         "bgpSessions": sessions(nodes, reflectors),
     }
     topo = parse_topology(data)
+    _settle_neighbours()
     refused = _refusal(capacity.demand(get_mode(MODE).plan(topo)))
     if refused:
         row["refused"] = refused
@@ -136,6 +150,7 @@ def live_row(
                 converge=round(t1 - bgp_from, 2),
                 verify=round(t2 - t1, 2),
                 verified=report.passed,
+                failed=[f"{c.name}: {c.detail}" for c in report.checks if not c.passed][:5],
             )
         finally:
             t3 = time.monotonic()

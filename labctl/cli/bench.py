@@ -235,6 +235,9 @@ def _scale(lab: str, sizes: list[int], pods_per_node: int, output: str) -> None:
             "yes" if r["verified"] else "[red]no[/red]",
         )
     out.print(t)
+    for r in result["live"]:
+        for failed in r.get("failed", []):
+            out.print(f"{r['design']} {r['nodes']} nodes, failed: {failed}")
     out.print(f"saved {path}")
 
 
