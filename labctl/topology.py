@@ -588,6 +588,12 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[dict[Any
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 
 
+def dump_topology(data: dict[str, Any]) -> str:
+    """YAML for a topology built in code, keys in their order: the order of nodes decides
+    the pod CIDRs they are allocated, so a sorted dump would be another cluster."""
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 def load_topology(ref: str | Path) -> Topology:
     """Load and validate a topology; raise TopologyError with one precise line on bad input."""
     path = resolve_path(ref)

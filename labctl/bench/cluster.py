@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
 from labctl import apiserver, lifecycle, state, store
@@ -19,7 +18,7 @@ from labctl.k8s.manifests import Document, parse_objects
 from labctl.modes import get_mode
 from labctl.policy import checks as policy_checks
 from labctl.probe import http_get, probe
-from labctl.topology import load_topology, resolve_path
+from labctl.topology import dump_topology, load_topology, resolve_path
 from labctl.verify import verify
 
 
@@ -78,7 +77,7 @@ def run(
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         big = Path(tmp) / "large.yaml"
-        big.write_text(yaml.safe_dump(large_topology(*large)))
+        big.write_text(dump_topology(large_topology(*large)))
         for mode in modes:
             for topo in (resolve_path("default"), big):
                 progress(f"{mode} on {topo.stem}")
@@ -151,7 +150,7 @@ def policy(mode: str, large: tuple[int, int], progress: Callable[[str], None]) -
         lifecycle.down("bench")
     with tempfile.TemporaryDirectory() as tmp:
         big = Path(tmp) / "large.yaml"
-        big.write_text(yaml.safe_dump(large_topology(*large)))
+        big.write_text(dump_topology(large_topology(*large)))
         topo = load_topology(big)
         row["pods"] = len(topo.pods)
         try:

@@ -17,12 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from labctl import capacity, lifecycle
 from labctl.capture import CAPTURE_ROOT
 from labctl.modes import get_mode
-from labctl.topology import parse_topology
+from labctl.topology import dump_topology, parse_topology
 from labctl.verify import verify
 
 MODE = "calico-bgp"
@@ -135,7 +133,7 @@ def live_row(
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "scale.yaml"
-        path.write_text(yaml.safe_dump(data))
+        path.write_text(dump_topology(data))
         t0 = time.monotonic()
         try:
             lifecycle.up(lab, get_mode(MODE), path, topo, phase)

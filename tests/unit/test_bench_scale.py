@@ -4,11 +4,12 @@ staying linear in nodes and pods (memory, not time: no timed asserts)."""
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from labctl import capacity
 from labctl.bench import scale
 from labctl.modes import get_mode
-from labctl.topology import parse_topology
+from labctl.topology import dump_topology, parse_topology
 
 
 @pytest.mark.parametrize(("nodes", "reflectors"), [(3, 0), (10, 0), (10, 2), (30, 2), (4, 1)])
@@ -38,3 +39,14 @@ def test_a_size_this_host_cannot_hold_is_named_not_built(monkeypatch: pytest.Mon
     monkeypatch.setattr(capacity, "host_limits", lambda: kernel_default)
     row = scale.live_row(200, 1, 0, "never-built", lambda _: None)
     assert row["refused"] == "refused: ARP 40200 > 1024 free of gc_thresh3 1024" and "up" not in row
+
+
+def test_the_recorded_topology_is_the_planned_cluster() -> None:
+    """`up` records the YAML; verify re-reads it. Node order decides pod CIDRs, so the dump
+    must keep it (a sorted dump put node10 before node2 and failed verify at 30 nodes)."""
+    data = scale.scale_topology(30, 1, 0)
+    again = parse_topology(yaml.safe_load(dump_topology(data)))
+    assert again.node_pod_cidrs == parse_topology(data).node_pod_cidrs
+    # Negative: the sorted dump is another cluster.
+    sorted_dump = parse_topology(yaml.safe_load(yaml.safe_dump(data)))
+    assert sorted_dump.node_pod_cidrs != parse_topology(data).node_pod_cidrs
