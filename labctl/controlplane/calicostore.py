@@ -323,8 +323,9 @@ def affinity_value(state: str = "confirmed") -> str:
     return _dumps({"state": state, "deleted": False})
 
 
-
-def with_pods(block: BlockRecord, node: str, pods: list[tuple[str, str, IPv4Address]]) -> BlockRecord:
+def with_pods(
+    block: BlockRecord, node: str, pods: list[tuple[str, str, IPv4Address]]
+) -> BlockRecord:
     """`block` with its pod allocations set to `pods` (namespace, name, IP) that lie in it:
     calico-ipam's assignments and releases as the CNI plugin would have made them; tunnel
     and other allocations are kept."""
