@@ -30,7 +30,15 @@ SHELL_MB = 3.5  # Mininet's shell per node, router, external host and pod
 FRR_MB = 35  # zebra + staticd + bgpd of one speaker
 ETCD_MB = 30
 #: Daemon kinds (plan.Daemon.kind) and what one costs: Python processes, pyroute2 loaded.
-DAEMON_MB = {"flannel-agent": 50, "udpproxy": 45, "ipip": 45, "ipip-bpf": 5}
+DAEMON_MB = {
+    "flannel-agent": 50,
+    "calico-node": 50,
+    "udpproxy": 45,
+    "ipip": 45,
+    "ipip-bpf": 5,
+}
+#: The daemons that need the lab's etcd.
+ETCD_CLIENTS = frozenset({"flannel-agent", "calico-node"})
 #: Memory the host keeps for itself beyond the lab's estimate.
 MEMORY_MARGIN = 0.8
 #: File descriptors of the supervisor: a base plus a pty and pipes per namespace.
@@ -86,7 +94,7 @@ def demand(plan: Plan) -> Demand:
         SUPERVISOR_MB
         + SHELL_MB * len(plan.namespaces)
         + FRR_MB * speakers
-        + ETCD_MB * ("flannel-agent" in daemons)
+        + ETCD_MB * bool(ETCD_CLIENTS & set(daemons))
         + sum(DAEMON_MB.get(kind, 45) for kind in daemons)
     )
     fds = SUPERVISOR_FDS + FDS_PER_NAMESPACE * len(plan.namespaces)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from labctl import state
-from labctl.controlplane import agent
+from labctl.controlplane import agent, felix
 from labctl.datapath import bpf, ipip, udpproxy
 from labctl.nsutil import enter_netns_path, netns_path
 from labctl.plan import Plan
@@ -21,9 +21,10 @@ ARGV: dict[str, Callable[[str], list[str]]] = {
     "ipip": ipip.argv,
     "ipip-bpf": bpf.argv,
     "flannel-agent": agent.argv,
+    "calico-node": felix.argv,
 }
 #: The kinds above that move pod packets through a userspace process (a TUN proxy); the BPF
-#: loader and the flannel agent only program the kernel, which moves the packets.
+#: loader and the node agents only program the kernel, which moves the packets.
 USERSPACE_DATAPATHS = frozenset({"udpproxy", "ipip"})
 MAX_RESTARTS = 5
 READY_TIMEOUT = 10.0

@@ -91,8 +91,9 @@ def run(lab: str) -> int:
             cplane.start(plan)
         group.start(plan, pids, st)
         if agents:
-            phase("waiting for the flannel agents to program their peers")
+            phase("waiting for the node agents to program their peers")
             cplane.wait_converged(plan)
+            cplane.sync_ipam(plan, objects)
         for name, dpids in speakers.start(plan, pids, phase).items():
             for dpid in dpids:
                 st.processes[f"{name}:frr:{dpid}"] = dpid
@@ -101,8 +102,15 @@ def run(lab: str) -> int:
         hosts = {name: h for h in net.hosts for name, pid in pids.items() if pid == h.pid}
         kubelet = Kubelet(lab, net, hosts, mode, topo, plan, st, pids, servers)
         dyn = Dynamics(st, group, cplane, plan)
+
+        def synced(result: dict[str, object]) -> dict[str, object]:
+            # Calico IPAM: the blocks in etcd follow the pods the kubelet added or deleted.
+            if agents:
+                cplane.sync_ipam(plan, store.load(lab))
+            return result
+
         ops = {
-            "sync": lambda req: kubelet.sync(),
+            "sync": lambda req: synced(kubelet.sync()),
             "node": dyn.node,
             "set-backend": dyn.set_backend,
             "restart-agents": dyn.restart_agents,

@@ -20,7 +20,7 @@ from pyroute2 import IPRoute
 
 from labctl import daemons, state
 from labctl.controlplane import lease as leases
-from labctl.controlplane.supervise import AGENT, ControlPlane, agent_configs
+from labctl.controlplane.supervise import AGENTS, ControlPlane, agent_configs
 from labctl.modes import get_mode
 from labctl.modes.flannel import BACKENDS, VXLAN_DEV, backend_named, peer_objects
 from labctl.nsutil import in_netns
@@ -34,9 +34,12 @@ BACKEND_CHOICES = ("vxlan", "vxlan-directrouting", "host-gw", "udp", "ipip")
 SWITCHABLE = {"flannel-vxlan", "flannel-vxlan-directrouting", "flannel-host-gw"}
 
 
-def stopped_note(node: str, ttl: int) -> str:
+def stopped_note(node: str, ttl: int, mode: str = "") -> str:
     """The lab note (status, verify) while `node` is stopped."""
     when = f"its lease expires (TTL {ttl}s)" if ttl else "their BGP hold timer expires"
+    if mode.startswith("calico-") and mode != "calico-bgp":
+        # Calico's records have no TTL: nothing expires while calico-node is frozen.
+        when = "its Node record is deleted (Calico has no lease TTL: until then they stay)"
     return (
         f"node {node} is stopped (labctl node stop): its agent and daemons are frozen; the "
         f"other nodes drop its routes when {when}"
@@ -68,7 +71,7 @@ class Dynamics:
         name, action = req["name"], req["action"]
         self._node(name)
         ttl = agent_configs(self.plan).get(name, {}).get("ttl", 0)
-        note = stopped_note(name, ttl)
+        note = stopped_note(name, ttl, self.st.mode)
         pids = self._pids(name)
         if not pids:
             raise ValueError(f"node {name} runs no agent or daemon in mode {self.st.mode}")
@@ -87,7 +90,7 @@ class Dynamics:
         have programmed every peer again."""
         started = time.monotonic()
         for p in self.group.procs:
-            if p.name.endswith(f":{AGENT}"):
+            if p.name.split(":")[-1] in AGENTS:
                 p.popen.terminate()
                 p.popen.wait(5)
                 p.popen = self.group._spawn(p.ns_pid, p.argv, p.log)

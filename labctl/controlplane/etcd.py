@@ -114,7 +114,7 @@ class Client:
             body["lease"] = str(lease)
         self._call("kv/put", body)
 
-    def create(self, key: str, value: str, lease: int) -> bool:
+    def create(self, key: str, value: str, lease: int = 0) -> bool:
         """Put only if `key` does not exist (flannel's createSubnet transaction)."""
         out = self._call(
             "kv/txn",
@@ -130,6 +130,25 @@ class Client:
                 "success": [
                     {"request_put": {"key": _b64(key), "value": _b64(value), "lease": str(lease)}}
                 ],
+            },
+        )
+        return bool(out.get("succeeded"))
+
+    def update(self, key: str, value: str, mod_revision: int) -> bool:
+        """Put only if `key` was last changed at `mod_revision` (libcalico-go's compare-and-
+        swap on a block's revision); False if someone else changed it first."""
+        out = self._call(
+            "kv/txn",
+            {
+                "compare": [
+                    {
+                        "key": _b64(key),
+                        "target": "MOD",
+                        "result": "EQUAL",
+                        "mod_revision": str(mod_revision),
+                    }
+                ],
+                "success": [{"request_put": {"key": _b64(key), "value": _b64(value)}}],
             },
         )
         return bool(out.get("succeeded"))

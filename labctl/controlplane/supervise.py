@@ -1,25 +1,38 @@
 """The supervisor's side of the control plane: start the lab's etcd and seed flannel's
-network config, wait until every node agent has programmed every peer, keep etcd running."""
+network config, wait until every node agent has programmed every peer, keep etcd running;
+in Calico modes also keep each block's pod allocations current (calico-ipam's part of the
+CNI ADD/DEL the lab's kubelet makes)."""
 
 from __future__ import annotations
 
 import time
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from labctl import state
 from labctl.controlplane import agent
+from labctl.controlplane import calicostore as cs
 from labctl.controlplane import lease as leases
 from labctl.controlplane.etcd import Etcd
+from labctl.modes.calico import AGENT as CALICO_AGENT
 from labctl.plan import Plan
+from labctl.store import Store
 
 AGENT = "flannel-agent"
+#: The node agents' daemon kinds: flanneld, calico-node (start-up + Felix).
+AGENTS = (AGENT, CALICO_AGENT)
 NET_CONF = "/etc/kube-flannel/net-conf.json"
 CONVERGE_TIMEOUT = 60.0
 
 
 def agent_configs(plan: Plan) -> dict[str, dict[str, Any]]:
     """Node -> its agent's config, for the nodes the plan gives an agent."""
-    return {ns.name: d.config for ns in plan.node_ns() for d in ns.daemons if d.kind == AGENT}
+    return {ns.name: d.config for ns in plan.node_ns() for d in ns.daemons if d.kind in AGENTS}
+
+
+def _owned(config: dict[str, Any]) -> str:
+    """What an agent holds: its flannel lease or its Calico block."""
+    return str(config.get("subnet") or config["block"])
 
 
 def net_conf(plan: Plan) -> str:
@@ -44,15 +57,17 @@ class ControlPlane:
     def start(self, plan: Plan) -> None:
         """Start etcd and put the network config there unless it already holds one."""
         self.st.processes["etcd"] = self.etcd.start()
-        if self.etcd.client.get(leases.CONFIG_KEY) is None:
+        # Calico's agents create their pool themselves (calico-node start-up).
+        flannel = any(d.kind == AGENT for ns in plan.node_ns() for d in ns.daemons)
+        if flannel and self.etcd.client.get(leases.CONFIG_KEY) is None:
             self.etcd.client.put(leases.CONFIG_KEY, net_conf(plan))
 
     def converged(self, plan: Plan) -> tuple[bool, list[str]]:
-        """Whether every agent holds its lease and has programmed every other node's subnet
+        """Whether every agent holds its lease (block) and has programmed every other node's
         (the lab is then as `up` promises), and the agents' warnings."""
         configs = agent_configs(plan)
         reports = agent.read_status(self.st.dir)
-        subnets = {n: c["subnet"] for n, c in configs.items()}
+        subnets = {n: _owned(c) for n, c in configs.items()}
         warnings = []
         done = True
         for node in configs:
@@ -74,10 +89,32 @@ class ControlPlane:
                 return time.monotonic() - started
             if time.monotonic() - started > timeout:
                 raise ConvergeTimeout(
-                    f"the flannel agents did not program every peer within {timeout:.0f}s "
+                    f"the node agents did not program every peer within {timeout:.0f}s "
                     f"(see {self.st.dir / 'daemons'})"
                 )
             time.sleep(0.02)
+
+    def sync_ipam(self, plan: Plan, objects: Store) -> None:
+        """Calico modes: make each node's block hold exactly its pods' allocations (a
+        compare-and-swap per block, retried if an agent wrote it in between)."""
+        client = self.etcd.client
+        for node, config in agent_configs(plan).items():
+            if "block" not in config:
+                continue
+            key = cs.block_key(IPv4Network(config["block"]))
+            pods = [
+                (p.namespace, p.name, IPv4Address(p.ip))
+                for p in objects.pods.values()
+                if p.node == node
+            ]
+            while True:
+                kv = client.get(key)
+                if kv is None:
+                    break  # the agent has not claimed it yet: it will find the pods next sync
+                block = cs.BlockRecord.from_json(kv.value)
+                new = cs.with_pods(block, node, pods)
+                if new == block or client.update(key, new.to_json(), kv.mod_revision):
+                    break
 
     def check(self) -> bool:
         """Restart etcd if it died; True if the lab's state changed."""

@@ -45,6 +45,7 @@ from labctl.plan import (
     PEER_MAC,
     UNDERLAY_IF,
     Address,
+    Daemon,
     Fdb,
     NamespacePlan,
     Neigh,
@@ -69,6 +70,8 @@ VXLAN_PORT = 4789
 #: Route reflector cluster id, IPv4-formatted as Node.spec.bgp.routeReflectorClusterID; the
 #: value Calico's own route-reflector docs use.
 RR_CLUSTER_ID = "244.0.0.1"
+#: The daemon kind of the per-node agent (calico-node: its start-up, then Felix).
+AGENT = "calico-node"
 
 USERSPACE_NOTE = (
     "userspace IPIP datapath: tunl0 is a TUN device plus a raw IP-protocol-4 socket per node "
@@ -173,10 +176,12 @@ def _vxlan_device(
 ) -> None:
     add_vxlan(ns, VXLAN_DEV, VXLAN_VNI, VXLAN_PORT, topo.nodes[node].ip, mtu, vtep_mac(node))
     ns.addresses.append(Address(VXLAN_DEV, f"{tunnel_ip(block)}/32"))
+
+
+def _vxlan_vtep(ns: NamespacePlan, peer: CalicoPeer) -> None:
     # Felix's VXLAN manager programs every remote VTEP, whatever the route to its block.
-    for peer in peers:
-        ns.neighbours.append(Neigh(VXLAN_DEV, str(peer.tunnel_ip), peer.vtep_mac))
-        ns.fdb.append(Fdb(VXLAN_DEV, peer.vtep_mac, str(peer.ip)))
+    ns.neighbours.append(Neigh(VXLAN_DEV, str(peer.tunnel_ip), peer.vtep_mac))
+    ns.fdb.append(Fdb(VXLAN_DEV, peer.vtep_mac, str(peer.ip)))
 
 
 def _ipip_route(ns: NamespacePlan, peer: CalicoPeer) -> None:
@@ -249,6 +254,8 @@ class Encap:
     bgp: BgpRole
     device: DeviceFn | None = None
     kernel_feature: str | None = None
+    #: Programs a remote node's VTEP (neighbour + FDB), from its Node record alone.
+    vtep: Callable[[NamespacePlan, CalicoPeer], None] | None = None
 
 
 BARE = WireSpec("bare")
@@ -282,6 +289,7 @@ ENCAPS: dict[str, Encap] = {
         encap_for=_vxlan,
         bgp="off",
         device=_vxlan_device,
+        vtep=_vxlan_vtep,
     ),
     "calico-vxlan-crosssubnet": Encap(
         overhead=50,
@@ -290,8 +298,56 @@ ENCAPS: dict[str, Encap] = {
         encap_for=_vxlan_cross_subnet,
         bgp="off",
         device=_vxlan_device,
+        vtep=_vxlan_vtep,
     ),
 }
+
+
+def vtep_objects(encap: Encap, node: str, peer: CalicoPeer) -> NamespacePlan:
+    """What `node`'s Felix programs for a remote node's VTEP (its Node record), marked as the
+    agent's (controlplane/felix.py programs them; the engine skips them)."""
+    part = NamespacePlan(name=node, role="node")
+    if encap.vtep is not None:
+        encap.vtep(part, peer)
+    return _mark(part)
+
+
+def route_objects(encap: Encap, node: str, peer: CalicoPeer) -> NamespacePlan:
+    """What `node`'s Felix programs for one remote block (`peer.block`, affine to
+    `peer.name`), marked as the agent's."""
+    part = NamespacePlan(name=node, role="node")
+    if encap.per_peer is not None:
+        encap.per_peer(part, peer)
+    return _mark(part)
+
+
+def _mark(part: NamespacePlan) -> NamespacePlan:
+    for n in part.neighbours:
+        n.agent = True
+    for f in part.fdb:
+        f.agent = True
+    for r in part.routes:
+        r.agent = True
+    return part
+
+
+def agent_config(topo: Topology, mode: str, node: str, block: IPv4Network) -> dict[str, Any]:
+    """calico-node's view of itself: what it writes to the datastore at start-up (its Node
+    record, the default pool, its block) and the underlay it autodetects its address on."""
+    me = topo.nodes[node]
+    segment = topo.segments[me.segment]
+    encap = ENCAPS[mode]
+    return {
+        "node": node,
+        "mode": mode,
+        "ipv4_address": f"{me.ip}/{segment.cidr.prefixlen}",
+        "block": str(block),
+        "pool": str(topo.cluster.podCIDR),
+        # calico-node allocates the tunnel address of the pool's encapsulation from its block.
+        "tunnel": "vxlan" if encap.vtep else ("ipip" if encap.device else ""),
+        "vtep_mac": vtep_mac(node) if encap.vtep else "",
+        "rr_cluster_id": RR_CLUSTER_ID if node in topo.bgp.routeReflectors else "",
+    }
 
 
 # ---- BGP speakers ----
@@ -421,8 +477,12 @@ def plan_calico(topo: Topology, mode: Mode, datapath: str = "kernel") -> Plan:
         if encap.per_peer is not None:
             # Felix owns the routes: the blackhole is its too (BGP mode: FRR's staticd).
             ns.routes.append(Route(dst=str(blocks[node]), type="blackhole", proto=FELIX_PROTO))
-            for peer in peers:
-                encap.per_peer(ns, peer)
+        for peer in peers:
+            for part in (vtep_objects(encap, node, peer), route_objects(encap, node, peer)):
+                ns.neighbours += part.neighbours
+                ns.fdb += part.fdb
+                ns.routes += part.routes
+        ns.daemons.append(Daemon(AGENT, agent_config(topo, mode.name, node, blocks[node])))
 
     if encap.bgp != "off":
         for node, speaker in _node_speakers(topo, blocks, encap.bgp == "install").items():

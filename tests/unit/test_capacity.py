@@ -34,8 +34,8 @@ def test_demand_of_the_default_topology() -> None:
     need = capacity.demand(plan)
     # 3 nodes on one segment: 3*2 entries; 6 pods: each with its node, both ways.
     assert need.neighbours == 3 * 2 + 2 * 6
-    # supervisor + 9 shells + 3 FRR, no etcd or agents in Calico modes.
-    assert need.memory_mb == pytest.approx(70 + 3.5 * 9 + 35 * 3)
+    # supervisor + 9 shells + 3 FRR + etcd + a calico-node agent per node.
+    assert need.memory_mb == pytest.approx(70 + 3.5 * 9 + 35 * 3 + 30 + 50 * 3)
     assert need.fds == 40 + 4 * 9
     capacity.check(need, ROOMY)  # the default lab fits a default host
 

@@ -119,8 +119,9 @@ def test_plan_leaves_peer_state_to_the_agents() -> None:
     assert cfg["subnet"] == "10.244.1.0/24" and cfg["public_ip"] == "10.0.0.32"
     assert cfg["ttl"] == LEASE_TTL and cfg["underlay"] == "10.0.0.0/24"
     assert json.loads(net_conf(plan))["Backend"]["Type"] == "vxlan"
-    # Calico has no flannel agents.
-    assert agent_configs(get_mode("calico-bgp").plan(topo)) == {}
+    # Calico's agent is calico-node; it owns a block, not a lease.
+    cfg = agent_configs(get_mode("calico-bgp").plan(topo))["node1"]
+    assert cfg["block"] == "10.244.1.0/26" and cfg["tunnel"] == ""
 
 
 def test_converged_needs_every_peer_on_every_node(

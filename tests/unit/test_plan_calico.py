@@ -178,8 +178,8 @@ def test_tunl0_userspace(mode: str) -> None:
     tun = link(ns, "tunl0")
     assert (tun.kind, tun.mtu) == ("tun", 1480)
     assert addrs(ns, "tunl0") == ["10.244.0.1/32"]  # block network + 1
-    (d,) = ns.daemons
-    assert d.kind == "ipip"
+    (d, agent) = ns.daemons
+    assert (d.kind, agent.kind) == ("ipip", "calico-node")
     assert d.config["tun"] == "tunl0" and d.config["local_ip"] == "10.0.0.31"
     assert d.config["routes"] == [
         {"subnet": block(t, "node2"), "node_ip": "10.0.0.32"},
@@ -192,7 +192,7 @@ def test_tunl0_kernel() -> None:
     tun = link(ns, "tunl0")
     assert (tun.kind, tun.mtu) == ("ipip", 1480)
     assert addrs(ns, "tunl0") == ["10.244.2.1/32"]
-    assert ns.daemons == []
+    assert [d.kind for d in ns.daemons] == ["calico-node"]  # no datapath daemon
     assert not any("userspace" in n for n in plan(IPIP, "cross-subnet", "kernel").notes)
     assert any("userspace" in n for n in plan(IPIP, "cross-subnet", "userspace").notes)
 
@@ -246,7 +246,10 @@ def test_vxlan_device_and_vteps(mode: str) -> None:
         assert [(f.dev, f.dst) for f in ns.fdb if f.mac == mac] == [
             ("vxlan.calico", str(t.nodes[peer].ip))
         ]
-    assert ns.bgp is None and ns.daemons == []
+    assert ns.bgp is None and [d.kind for d in ns.daemons] == ["calico-node"]
+    # Felix programs the VTEPs from the Node records: the engine leaves them to it.
+    assert all(n.agent for n in ns.neighbours if n.dev == "vxlan.calico")
+    assert all(f.agent for f in ns.fdb)
 
 
 def test_vxlan_routes_exactly() -> None:
