@@ -7,12 +7,14 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from labctl import bgp, frr
 from labctl.nsutil import nsenter_argv
 from labctl.plan import Plan
 
 SESSION_TIMEOUT = 60.0
+START_WORKERS = 8
 # A design can leave a speaker without some block (that is what verify is for): bounded.
 ROUTES_TIMEOUT = 10.0
 
@@ -36,8 +38,26 @@ class Speakers:
         # then waits a whole connect-retry interval: warm the path first.
         _reach_all({name: [str(nb.ip) for nb in s.neighbors] for name, s in speakers.items()}, pids)
         progress(f"starting FRR on {len(speakers)} speakers")
-        for name, speaker in speakers.items():
-            self.daemons[name] = (pids[name], frr.start(pids[name], speaker))
+        # FRR's dry runs (four processes per config) cost more than the start itself: run
+        # them once per shape of config, which is what a template error would show in.
+        shapes: set[tuple[object, ...]] = set()
+        dry_run = {}
+        for name, s in speakers.items():
+            dry_run[name] = _shape(s) not in shapes
+            shapes.add(_shape(s))
+        with ThreadPoolExecutor(max_workers=START_WORKERS) as pool:
+            futures = {
+                name: pool.submit(frr.start, pids[name], s, dry_run=dry_run[name])
+                for name, s in speakers.items()
+            }
+        failed = None
+        for name, future in futures.items():
+            try:
+                self.daemons[name] = (pids[name], future.result())
+            except Exception as e:  # the others started: keep them for stop(), then raise
+                failed = failed or e
+        if failed is not None:
+            raise failed
         progress("waiting for BGP sessions")
         for name, speaker in speakers.items():
             frr.wait_established(pids[name], len(speaker.neighbors), SESSION_TIMEOUT)
@@ -57,6 +77,23 @@ class Speakers:
         for pid, daemon_pids in self.daemons.values():
             frr.stop(pid, daemon_pids)
         self.daemons.clear()
+
+
+def _shape(s: bgp.BgpSpeaker) -> tuple[object, ...]:
+    """What a speaker's config is made of, addresses and counts aside: the template renders
+    each of these features, so one config per shape exercises all of them."""
+    sessions = {(n.rr_client, n.passive, n.as_override, n.remote_asn == s.asn) for n in s.neighbors}
+    return (
+        s.asn is None,
+        s.rr_cluster_id is not None,
+        bool(s.networks),
+        bool(s.static_routes),
+        s.redistribute_connected,
+        s.install_routes,
+        s.update_source is not None,
+        s.profile,
+        frozenset(sessions),
+    )
 
 
 def _reach_all(targets: dict[str, list[str]], pids: dict[str, int], timeout: float = 10.0) -> None:

@@ -307,7 +307,21 @@ class Felix:
         refresh = time.monotonic() + RESYNC
         while True:
             try:
-                kind, arg = self.events.get(timeout=max(0.0, refresh - time.monotonic()))
+                batch = [self.events.get(timeout=max(0.0, refresh - time.monotonic()))]
+            except queue.Empty:
+                self.resync(force=True)
+                refresh = time.monotonic() + RESYNC
+                self.report()
+                continue
+            # Take every event already queued before programming: as n nodes start, each
+            # agent sees ~4n events, and one resync per event made start-up quadratic.
+            while True:
+                try:
+                    batch.append(self.events.get_nowait())
+                except queue.Empty:
+                    break
+            changed = False
+            for kind, arg in batch:
                 if kind == "reset":
                     self.ds = Datastore()
                     for kv in arg:
@@ -315,14 +329,13 @@ class Felix:
                 elif kind == "event":
                     value = None if arg.type == "DELETE" else arg.value
                     self._complain(self.ds.apply(arg.key, value))
-                elif kind == "lost":
+                else:
                     self.log(f"watch lost ({arg}); the dataplane stays as it is")
                     continue
+                changed = True
+            if changed:
                 self.resync()
-            except queue.Empty:
-                self.resync(force=True)
-                refresh = time.monotonic() + RESYNC
-            self.report()
+                self.report()
 
     def _complain(self, text: str | None) -> None:
         if text:

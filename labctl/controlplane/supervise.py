@@ -23,6 +23,7 @@ AGENT = "flannel-agent"
 AGENTS = (AGENT, CALICO_AGENT)
 NET_CONF = "/etc/kube-flannel/net-conf.json"
 CONVERGE_TIMEOUT = 60.0
+PER_NODE_TIMEOUT = 1.0
 
 
 def agent_configs(plan: Plan) -> dict[str, dict[str, Any]]:
@@ -79,8 +80,12 @@ class ControlPlane:
                 warnings += rep.get("warnings", [])
         return done, warnings
 
-    def wait_converged(self, plan: Plan, timeout: float = CONVERGE_TIMEOUT) -> float:
-        """Block until `converged`; record the agents' warnings; return the seconds taken."""
+    def wait_converged(self, plan: Plan, timeout: float | None = None) -> float:
+        """Block until `converged`; record the agents' warnings; return the seconds taken.
+        The default timeout grows with the nodes: each agent is a process that starts, reads
+        every other node's record and programs it, on the same few cores."""
+        if timeout is None:
+            timeout = CONVERGE_TIMEOUT + PER_NODE_TIMEOUT * len(plan.node_ns())
         started = time.monotonic()
         while True:
             done, warnings = self.converged(plan)

@@ -51,3 +51,18 @@ def test_only_speakers_that_install_and_originate_are_waited_for(
     # No-rib nodes (ipip/vxlan modes) and routers (no blocks of their own): nothing to wait.
     assert routing._wait_routes(speakers, PIDS, timeout=0.1) == set()
     assert asked == []
+
+
+def test_config_dry_runs_once_per_shape_not_per_speaker() -> None:
+    """A 30-node mesh has 30 configs but few shapes; a reflector's is a shape of its own."""
+    from labctl.bench.scale import scale_topology
+    from labctl.modes import get_mode
+    from labctl.routing import _shape
+    from labctl.topology import parse_topology
+
+    mesh = get_mode("calico-bgp").plan(parse_topology(scale_topology(30, 1, 0)))
+    shapes = {_shape(ns.bgp) for ns in mesh.node_ns() if ns.bgp is not None}
+    assert 1 < len(shapes) <= 3  # who waits for whom differs at the ends of the IP order
+    rr = get_mode("calico-bgp").plan(parse_topology(scale_topology(30, 1, 2)))
+    rr_shapes = {_shape(ns.bgp) for ns in rr.node_ns() if ns.bgp is not None}
+    assert {s[1] for s in rr_shapes} == {True, False}  # reflectors and clients both checked
