@@ -28,6 +28,7 @@ ARGV: dict[str, Callable[[str], list[str]]] = {
 USERSPACE_DATAPATHS = frozenset({"udpproxy", "ipip"})
 MAX_RESTARTS = 5
 READY_TIMEOUT = 10.0
+READY_PER_DAEMON = 0.5
 
 
 @dataclass
@@ -72,8 +73,10 @@ class Group:
                 popen = self._spawn(pids[ns.name], argv, log)
                 self.procs.append(_Proc(name, pids[ns.name], argv, log, popen))
                 st.processes[name] = popen.pid
+        # One deadline for the group: they all start at once and share the same cores.
+        deadline = time.monotonic() + READY_TIMEOUT + READY_PER_DAEMON * len(self.procs)
         for p in self.procs:
-            _wait_ready(p)
+            _wait_ready(p, deadline)
 
     def alive(self) -> dict[str, bool]:
         """Which daemons are running right now (for status)."""
@@ -118,9 +121,8 @@ class DaemonFailed(RuntimeError):
     """A daemon exited or never said it was ready."""
 
 
-def _wait_ready(p: _Proc) -> None:
+def _wait_ready(p: _Proc, deadline: float) -> None:
     """Block until the daemon prints its `ready` line (the datapaths' start-up handshake)."""
-    deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         with open(p.log, "rb") as f:
             if b"ready\n" in f.read():
@@ -130,4 +132,4 @@ def _wait_ready(p: _Proc) -> None:
                 tail = f.read().strip().splitlines()[-1:]
             raise DaemonFailed(f"{p.name} exited ({p.popen.returncode}): {' '.join(tail)}")
         time.sleep(0.01)
-    raise DaemonFailed(f"{p.name} did not become ready within {READY_TIMEOUT:.0f}s (log {p.log})")
+    raise DaemonFailed(f"{p.name} did not become ready in time (log {p.log})")
