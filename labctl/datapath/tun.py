@@ -17,6 +17,7 @@ TUNSETIFF = 0x400454CA
 TUNGETIFF = 0x800454D2
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
 IFF_PERSIST = 0x0800
 
 _IFREQ = struct.Struct("16sH")
@@ -26,8 +27,12 @@ class TunError(RuntimeError):
     """The named TUN device is missing or is not the persistent device the engine made."""
 
 
-def open_tun(name: str) -> int:
+def open_tun(name: str, *, vnet_hdr: bool = False) -> int:
     """Attach to the existing persistent TUN device ``name`` and return a non-blocking fd.
+
+    With ``vnet_hdr`` every read and write on the fd starts with a 10-byte ``virtio_net_hdr``
+    (IFF_VNET_HDR), through which a write can hand the kernel one large TCP packet to treat as
+    a GRO aggregate of segments.
 
     Raises TunError if no interface of that name exists in this network namespace, or if it is
     not a persistent TUN device (TUNSETIFF would otherwise silently create a new, transient
@@ -40,7 +45,8 @@ def open_tun(name: str) -> int:
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         try:
-            fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), IFF_TUN | IFF_NO_PI))
+            flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+            fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), flags))
         except OSError as exc:
             # EINVAL/EBUSY: the name belongs to a non-TUN link, or a TAP, or flags differ.
             raise TunError(f"cannot attach to {name!r} as IFF_TUN|IFF_NO_PI: {exc}") from exc

@@ -49,12 +49,23 @@
  * limit is 128 since 5.x); stay below both. */
 #define GSO_BYTES 65000
 #define GSO_SEGMENTS 64
-#define RX_MSGS 16
+#define RX_MSGS 32
 #define MAX_ROUTES 4096
 #define ROUTE_BYTES 12
 /* How long a full send buffer may hold the TUN reader before the batch is dropped: waiting
  * pushes back on TCP through the TUN queue; dropping costs a retransmit. */
 #define SNDBUF_WAIT_MS 100
+
+/* The TUN is opened with IFF_VNET_HDR: each read and write starts with this header
+ * (<linux/virtio_net.h>, native byte order on little-endian hosts). */
+struct vnet_hdr {
+    uint8_t flags, gso_type;
+    uint16_t hdr_len, gso_size, csum_start, csum_offset;
+};
+#define VNET_F_NEEDS_CSUM 1
+#define VNET_GSO_TCPV4 1
+#define TCP_ACK 0x10
+#define TCP_PSH 0x08
 
 /* Counter slots shared with the launcher (udpproxy.py COUNTERS, same order). Each slot is
  * written by one thread only. */
@@ -268,7 +279,11 @@ int labctl_udp_tun_to_udp(int tun, int sock, int ctl, int port,
         unsigned count = 0;
         const struct sockaddr_in *batch_peer = NULL;
         for (;;) {
-            ssize_t n = read(tun, buf + off, MAX_PKT);
+            /* Offloads stay off on the device (no TUNSETOFFLOAD), so the header read here
+             * is always empty: whole packets with their checksums filled in. */
+            struct vnet_hdr vh;
+            struct iovec iov[2] = {{&vh, sizeof vh}, {buf + off, MAX_PKT}};
+            ssize_t n = readv(tun, iov, 2);
             if (n < 0) {
                 if (errno == EINTR)
                     continue;
@@ -277,6 +292,7 @@ int labctl_udp_tun_to_udp(int tun, int sock, int ctl, int port,
                 rc = -errno;
                 goto out;
             }
+            n -= (ssize_t)sizeof vh;
             uint8_t *pkt = buf + off;
             if (n < 20 || pkt[0] >> 4 != 4)
                 continue;
@@ -318,12 +334,145 @@ out:
     return rc;
 }
 
+/* Ones' complement sum of len bytes (big-endian 16-bit words), not yet folded. */
+static uint32_t sum16(const uint8_t *p, size_t len, uint32_t sum) {
+    for (; len > 1; p += 2, len -= 2)
+        sum += (uint32_t)p[0] << 8 | p[1];
+    if (len)
+        sum += (uint32_t)p[0] << 8;
+    return sum;
+}
+
+static uint16_t fold(uint32_t sum) {
+    while (sum >> 16)
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    return (uint16_t)sum;
+}
+
+/* UDP -> TUN, one write per packet would push each 1.4 KB segment through the node's whole
+ * receive path (forwarding, netfilter, the bridge, the pod's TCP) on its own, which is where
+ * this direction spends its time. So consecutive in-order segments of one TCP flow are merged
+ * into one packet written with a virtio_net_hdr that marks it as TCPv4 GSO of gso_size bytes:
+ * the kernel handles it like a GRO aggregate, as it does the 64 KB packets of kernel VXLAN,
+ * and splits it again only if it has to leave through a device. The rules are those of the
+ * kernel's tcp_gro_receive(): same addresses, ports, TOS, TTL, DF, ACK number, window and TCP
+ * options; only ACK/PSH set; sequence numbers back to back; all segments as long as the first
+ * except a shorter last one; PSH ends the aggregate. The merged packet's TCP checksum is left
+ * to the kernel as CHECKSUM_PARTIAL (flags NEEDS_CSUM); each segment's integrity was checked
+ * by the UDP checksum of the datagram that carried it. */
+struct coalescer {
+    int tun;
+    unsigned long long *counters;
+    size_t len, hlen, mss; /* len 0: nothing pending */
+    unsigned segs;
+    uint32_t next_seq;
+    int closed; /* a short segment or PSH: no more may follow */
+    uint8_t pkt[65535];
+};
+
+static void tun_write(struct coalescer *c, const struct vnet_hdr *vh, const uint8_t *pkt,
+                      size_t len) {
+    struct iovec iov[2] = {{(void *)vh, sizeof *vh}, {(void *)pkt, len}};
+    if (writev(c->tun, iov, 2) < 0)
+        count_error(c->counters, C_TUN_WRITE, errno);
+}
+
+/* Write the pending packet, as a GSO aggregate if it holds more than one segment. */
+static void flush(struct coalescer *c) {
+    struct vnet_hdr vh = {0};
+    if (!c->len)
+        return;
+    if (c->segs > 1) {
+        uint8_t *ip = c->pkt;
+        ip[2] = c->len >> 8;
+        ip[3] = c->len & 0xFF;
+        ip[10] = ip[11] = 0;
+        uint16_t check = ~fold(sum16(ip, 20, 0));
+        ip[10] = check >> 8;
+        ip[11] = check & 0xFF;
+        /* CHECKSUM_PARTIAL: the field holds the pseudo-header sum, the kernel adds the rest. */
+        uint32_t pseudo = sum16(ip + 12, 8, 6 + (uint32_t)(c->len - 20));
+        uint16_t partial = fold(pseudo);
+        ip[20 + 16] = partial >> 8;
+        ip[20 + 17] = partial & 0xFF;
+        vh = (struct vnet_hdr){VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, (uint16_t)c->hlen,
+                               (uint16_t)c->mss, 20, 16};
+    }
+    tun_write(c, &vh, c->pkt, c->len);
+    c->len = 0;
+}
+
+/* Header length (IP + TCP) if pkt is a TCP segment that may be merged, else 0. */
+static size_t mergeable(const uint8_t *pkt, size_t n) {
+    if (n < 40 || pkt[0] != 0x45 || pkt[9] != 6 || ((size_t)pkt[2] << 8 | pkt[3]) != n)
+        return 0;
+    if ((pkt[6] & 0x3F) || pkt[7]) /* MF or a fragment offset */
+        return 0;
+    size_t hlen = 20 + (size_t)(pkt[32] >> 4) * 4;
+    uint8_t flags = pkt[33];
+    if (hlen < 40 || hlen >= n || (flags & ~(TCP_ACK | TCP_PSH)) || !(flags & TCP_ACK))
+        return 0;
+    return hlen;
+}
+
+static uint32_t seq_of(const uint8_t *pkt) {
+    uint32_t seq;
+    memcpy(&seq, pkt + 24, 4);
+    return ntohl(seq);
+}
+
+/* Hand one inner packet (TTL already decremented) towards the TUN. */
+static void deliver(struct coalescer *c, const uint8_t *pkt, size_t n) {
+    size_t hlen = mergeable(pkt, n);
+    size_t payload = n - hlen;
+    if (hlen && c->len && !c->closed && hlen == c->hlen && payload <= c->mss &&
+        c->len + payload <= sizeof c->pkt && seq_of(pkt) == c->next_seq &&
+        pkt[1] == c->pkt[1] && pkt[6] == c->pkt[6] && pkt[8] == c->pkt[8] &&
+        !memcmp(pkt + 12, c->pkt + 12, 8) &&    /* addresses */
+        !memcmp(pkt + 20, c->pkt + 20, 4) &&    /* ports */
+        !memcmp(pkt + 28, c->pkt + 28, 5) &&    /* ACK number, data offset */
+        !memcmp(pkt + 34, c->pkt + 34, 2) &&    /* window */
+        !memcmp(pkt + 40, c->pkt + 40, hlen - 40)) { /* options */
+        memcpy(c->pkt + c->len, pkt + hlen, payload);
+        c->len += payload;
+        c->segs++;
+        c->next_seq += (uint32_t)payload;
+        if (pkt[33] & TCP_PSH) {
+            c->pkt[33] |= TCP_PSH;
+            c->closed = 1;
+        }
+        if (payload < c->mss)
+            c->closed = 1;
+        return;
+    }
+    flush(c);
+    if (!hlen) {
+        struct vnet_hdr vh = {0};
+        tun_write(c, &vh, pkt, n);
+        return;
+    }
+    memcpy(c->pkt, pkt, n);
+    c->len = n;
+    c->hlen = hlen;
+    c->mss = payload;
+    c->segs = 1;
+    c->next_seq = seq_of(pkt) + (uint32_t)payload;
+    c->closed = (pkt[33] & TCP_PSH) != 0;
+}
+
 /* Peers -> TUN until the launcher shuts the control socket: 0, or -errno on a failure. */
 int labctl_udp_udp_to_tun(int sock, int tun, int ctl, unsigned long long *counters) {
     block_signals();
     uint8_t *bufs = malloc((size_t)RX_MSGS * MAX_PKT);
-    if (!bufs)
+    struct coalescer *c = malloc(sizeof *c);
+    if (!bufs || !c) {
+        free(bufs);
+        free(c);
         return -ENOMEM;
+    }
+    c->tun = tun;
+    c->counters = counters;
+    c->len = 0;
     struct mmsghdr msgs[RX_MSGS];
     struct iovec iovs[RX_MSGS];
     union {
@@ -383,13 +532,14 @@ int labctl_udp_udp_to_tun(int sock, int tun, int ctl, unsigned long long *counte
                     counters[C_TTL_IN]++;
                     continue;
                 }
-                if (write(tun, pkt, n) < 0)
-                    count_error(counters, C_TUN_WRITE, errno);
-                else
-                    counters[C_RX]++;
+                counters[C_RX]++;
+                deliver(c, pkt, n);
             }
         }
+        /* Nothing waits for a later batch: what this one merged goes out now. */
+        flush(c);
     }
+    free(c);
     free(bufs);
     return rc;
 }

@@ -132,12 +132,15 @@ def load_library() -> ctypes.CDLL:
 class UdpProxy(Datapath):
     """One TUN fd and one UDP socket bound to ``local_ip:port``, served by two C threads."""
 
+    #: The TUN is opened with IFF_VNET_HDR (see udpproxy.c); an empty header: a plain packet.
+    _tun_header = bytes(10)
+
     def __init__(self, config: DatapathConfig) -> None:
         assert config.port is not None
         self._log = logging.getLogger(PROG)
         self._errors = ErrorLog(self._log)
         lib = load_library()
-        self._tun = open_tun(config.tun)
+        self._tun = open_tun(config.tun, vnet_hdr=True)
         try:
             self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             tune_socket(self._sock)
