@@ -70,11 +70,11 @@ struct vnet_hdr {
 /* Counter slots shared with the launcher (udpproxy.py COUNTERS, same order). Each slot is
  * written by one thread only. */
 enum {
-    C_TX, C_RX, C_NO_ROUTE, C_TTL_OUT, C_TTL_IN, C_SNDBUF, C_SEND, C_RUNT, C_TUN_WRITE,
-    C_NCOUNTERS
+    C_TX, C_RX, C_NO_ROUTE, C_TTL_OUT, C_TTL_IN, C_MALFORMED, C_SNDBUF, C_SEND, C_RUNT,
+    C_TUN_WRITE, C_NCOUNTERS
 };
 static const char *const counter_log[C_NCOUNTERS] = {
-    NULL, NULL, NULL, NULL, NULL,
+    NULL, NULL, NULL, NULL, NULL, NULL,
     "UDP send buffer full for 100 ms, dropping",
     "send to peer failed",
     "dropping a datagram: not IPv4",
@@ -177,6 +177,53 @@ static int lookup(struct table *t, uint32_t dst) {
     return found;
 }
 
+/* Ones' complement sum of len bytes as big-endian 16-bit words, added to `sum` (a value in
+ * that order) and folded. Summed as native 32-bit words into 64 bits for speed: the ones'
+ * complement sum commutes with byte swapping (RFC 1071), so one swap at the end suffices. */
+static uint16_t csum_add(const uint8_t *p, size_t len, uint32_t sum) {
+    uint64_t acc = 0;
+    for (; len >= 4; p += 4, len -= 4) {
+        uint32_t w;
+        memcpy(&w, p, 4);
+        acc += w;
+    }
+    if (len >= 2) {
+        uint16_t w;
+        memcpy(&w, p, 2);
+        acc += w;
+        p += 2;
+        len -= 2;
+    }
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (len)
+        acc += *p; /* the high byte of a big-endian word, i.e. the low byte here */
+#else
+    if (len)
+        acc += (uint32_t)*p << 8;
+#endif
+    while (acc >> 16)
+        acc = (acc & 0xFFFF) + (acc >> 16);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    acc = ((acc & 0xFF) << 8) | (acc >> 8);
+#endif
+    acc += sum;
+    while (acc >> 16)
+        acc = (acc & 0xFFFF) + (acc >> 16);
+    return (uint16_t)acc;
+}
+
+static void put16(uint8_t *p, uint16_t v) {
+    p[0] = v >> 8;
+    p[1] = v & 0xFF;
+}
+
+/* The IPv4 header checksum of ip (20 bytes, no options here or IHL*4 bytes), filled in. */
+static void ip_checksum(uint8_t *ip) {
+    size_t ihl = (size_t)(ip[0] & 0x0F) * 4;
+    put16(ip + 10, 0);
+    put16(ip + 10, (uint16_t)~csum_add(ip, ihl, 0));
+}
+
 struct sender {
     int sock, gso;
     unsigned long long *counters;
@@ -238,20 +285,120 @@ static void send_batch(struct sender *s, const uint8_t *buf, size_t len, uint16_
     }
 }
 
-/* TUN -> peers until the launcher shuts the control socket: 0, or -errno on a failure. */
+/* The datagrams gathered for one GSO send: all to `peer`, all `seg` bytes but the last. */
+struct batch {
+    struct sender s;
+    uint8_t *buf;
+    size_t off, seg;
+    unsigned count;
+    const struct sockaddr_in *peer;
+};
+
+static void batch_flush(struct batch *b) {
+    if (b->off)
+        send_batch(&b->s, b->buf, b->off, (uint16_t)b->seg, b->peer);
+    b->off = b->count = 0;
+}
+
+/* Where the next datagram of n bytes to peer goes; sends what is gathered if it can't join:
+ * another peer, or longer than the first (UDP_SEGMENT: only the last may be shorter). */
+static uint8_t *batch_slot(struct batch *b, size_t n, const struct sockaddr_in *peer) {
+    if (b->off && (peer != b->peer || n > b->seg))
+        batch_flush(b);
+    return b->buf + b->off;
+}
+
+/* The datagram of n bytes written at batch_slot() is complete. */
+static void batch_commit(struct batch *b, size_t n, const struct sockaddr_in *peer) {
+    if (!b->off) {
+        b->peer = peer;
+        b->seg = n;
+    }
+    b->off += n;
+    b->count++;
+    if (n < b->seg || b->off + b->seg > GSO_BYTES || b->count == GSO_SEGMENTS)
+        batch_flush(b);
+}
+
+/* Cut a TCP packet the kernel handed over unsegmented (TSO: gso_size bytes of payload per
+ * segment) into the segments it would have sent, straight into the batch: per segment the IP
+ * total length, a consecutive IP ID and the header checksum; the TCP sequence number, FIN and
+ * PSH on the last segment only, CWR on the first only, and the full TCP checksum (the kernel
+ * left it to "hardware": this is the hardware). 0 if the packet is malformed. */
+static int segment_tcp(struct batch *b, uint8_t *pkt, size_t n, size_t mss,
+                       const struct sockaddr_in *peer) {
+    size_t ihl = (size_t)(pkt[0] & 0x0F) * 4;
+    if (ihl < 20 || n < ihl + 20 || pkt[9] != 6 || !mss)
+        return 0;
+    size_t hlen = ihl + (size_t)(pkt[ihl + 12] >> 4) * 4;
+    if (hlen < ihl + 20 || hlen >= n)
+        return 0;
+    uint32_t seq0;
+    memcpy(&seq0, pkt + ihl + 4, 4);
+    seq0 = ntohl(seq0);
+    uint16_t id0 = (uint16_t)(pkt[4] << 8 | pkt[5]);
+    uint8_t flags = pkt[ihl + 13];
+    size_t total = n - hlen;
+    for (size_t done = 0, i = 0; done < total; i++) {
+        size_t len = total - done < mss ? total - done : mss;
+        size_t seglen = hlen + len;
+        uint8_t *out = batch_slot(b, seglen, peer);
+        memcpy(out, pkt, hlen);
+        memcpy(out + hlen, pkt + hlen + done, len);
+        put16(out + 2, (uint16_t)seglen);
+        put16(out + 4, (uint16_t)(id0 + i));
+        ip_checksum(out);
+        uint8_t *tcp = out + ihl;
+        uint32_t seq = htonl(seq0 + (uint32_t)done);
+        memcpy(tcp + 4, &seq, 4);
+        uint8_t f = flags;
+        if (i)
+            f &= (uint8_t)~0x80; /* CWR */
+        if (done + len < total)
+            f &= (uint8_t)~(0x01 | TCP_PSH); /* FIN, PSH */
+        tcp[13] = f;
+        put16(tcp + 16, 0);
+        uint16_t pseudo = csum_add(out + 12, 8, 6 + (uint32_t)(seglen - ihl));
+        put16(tcp + 16, (uint16_t)~csum_add(tcp, seglen - ihl, pseudo));
+        batch_commit(b, seglen, peer);
+        done += len;
+    }
+    return 1;
+}
+
+/* Fill in a checksum the kernel left partial (offloaded): the field at csum_start +
+ * csum_offset holds the pseudo-header sum; the sum from csum_start to the end completes it. */
+static int finish_checksum(uint8_t *pkt, size_t n, const struct vnet_hdr *vh) {
+    size_t start = vh->csum_start, at = start + vh->csum_offset;
+    if (at + 2 > n)
+        return 0;
+    uint16_t check = (uint16_t)~csum_add(pkt + start, n - start, 0);
+    if (check == 0 && pkt[9] == 17)
+        check = 0xFFFF; /* UDP: 0 would mean "no checksum" */
+    put16(pkt + at, check);
+    return 1;
+}
+
+/* TUN -> peers until the launcher shuts the control socket: 0, or -errno on a failure.
+ *
+ * The device has checksum and TCP segmentation offload on (TUNSETOFFLOAD by the launcher), so
+ * one read can return a TCP packet of up to 64 KB, and the pod's stack, the node's forwarding
+ * and the TUN queue handle one packet where they would otherwise handle ~45. It is cut here
+ * into MTU-sized segments, each leaving as its own datagram, so the wire is the same as
+ * without the offload. */
 int labctl_udp_tun_to_udp(int tun, int sock, int ctl, int port,
                           unsigned long long *counters) {
     block_signals();
     struct table *t = calloc(1, sizeof *t);
-    uint8_t *buf = malloc(GSO_BYTES + MAX_PKT);
+    uint8_t *in = malloc(MAX_PKT);
+    struct batch b = {{sock, 1, counters}, malloc(GSO_BYTES + MAX_PKT), 0, 0, 0, NULL};
     int rc = 0;
-    if (!t || !buf) {
+    if (!t || !in || !b.buf) {
         rc = -ENOMEM;
         goto out;
     }
     t->port = htons((uint16_t)port);
     t->last = -2;
-    struct sender s = {sock, 1, counters};
     struct pollfd p[2] = {{tun, POLLIN, 0}, {ctl, POLLIN, 0}};
     for (;;) {
         if (poll(p, 2, -1) < 0) {
@@ -272,19 +419,12 @@ int labctl_udp_tun_to_udp(int tun, int sock, int ctl, int port,
         }
         if (!(p[0].revents & POLLIN))
             continue;
-        /* Packets are read back to back into buf. While they go to the same peer and none is
-         * longer than the first, they form one GSO batch; a shorter one can only end it
-         * (UDP_SEGMENT: all segments but the last have the same size). */
-        size_t off = 0, seg = 0;
-        unsigned count = 0;
-        const struct sockaddr_in *batch_peer = NULL;
+        /* Drain the TUN; consecutive datagrams to one peer leave in one GSO send. */
         for (;;) {
-            /* Offloads stay off on the device (no TUNSETOFFLOAD), so the header read here
-             * is always empty: whole packets with their checksums filled in. */
             struct vnet_hdr vh;
-            struct iovec iov[2] = {{&vh, sizeof vh}, {buf + off, MAX_PKT}};
-            ssize_t n = readv(tun, iov, 2);
-            if (n < 0) {
+            struct iovec iov[2] = {{&vh, sizeof vh}, {in, MAX_PKT}};
+            ssize_t got = readv(tun, iov, 2);
+            if (got < 0) {
                 if (errno == EINTR)
                     continue;
                 if (errno == EAGAIN)
@@ -292,61 +432,41 @@ int labctl_udp_tun_to_udp(int tun, int sock, int ctl, int port,
                 rc = -errno;
                 goto out;
             }
-            n -= (ssize_t)sizeof vh;
-            uint8_t *pkt = buf + off;
-            if (n < 20 || pkt[0] >> 4 != 4)
+            if (got < (ssize_t)sizeof vh + 20 || in[0] >> 4 != 4)
                 continue;
+            size_t n = (size_t)got - sizeof vh;
             uint32_t dst;
-            memcpy(&dst, pkt + 16, 4);
+            memcpy(&dst, in + 16, 4);
             int idx = lookup(t, ntohl(dst));
             if (idx < 0) {
                 counters[C_NO_ROUTE]++;
-                send(ctl, pkt, (size_t)n, MSG_DONTWAIT);
+                send(ctl, in, n, MSG_DONTWAIT);
                 continue;
             }
-            if (!decrement_ttl(pkt)) {
+            if (!decrement_ttl(in)) {
                 counters[C_TTL_OUT]++;
                 continue;
             }
             const struct sockaddr_in *peer = &t->r[idx].peer;
-            if (off && (peer != batch_peer || (size_t)n > seg)) {
-                send_batch(&s, buf, off, (uint16_t)seg, batch_peer);
-                memmove(buf, pkt, (size_t)n);
-                off = count = 0;
+            if ((vh.gso_type & 0x7F) == VNET_GSO_TCPV4) {
+                if (!segment_tcp(&b, in, n, vh.gso_size, peer))
+                    counters[C_MALFORMED]++;
+                continue;
             }
-            if (!off) {
-                batch_peer = peer;
-                seg = (size_t)n;
+            if (vh.gso_type || ((vh.flags & VNET_F_NEEDS_CSUM) && !finish_checksum(in, n, &vh))) {
+                counters[C_MALFORMED]++; /* no other offload is enabled */
+                continue;
             }
-            off += (size_t)n;
-            count++;
-            if ((size_t)n < seg || off + seg > GSO_BYTES || count == GSO_SEGMENTS) {
-                send_batch(&s, buf, off, (uint16_t)seg, batch_peer);
-                off = count = 0;
-            }
+            memcpy(batch_slot(&b, n, peer), in, n);
+            batch_commit(&b, n, peer);
         }
-        if (off)
-            send_batch(&s, buf, off, (uint16_t)seg, batch_peer);
+        batch_flush(&b);
     }
 out:
-    free(buf);
+    free(b.buf);
+    free(in);
     free(t);
     return rc;
-}
-
-/* Ones' complement sum of len bytes (big-endian 16-bit words), not yet folded. */
-static uint32_t sum16(const uint8_t *p, size_t len, uint32_t sum) {
-    for (; len > 1; p += 2, len -= 2)
-        sum += (uint32_t)p[0] << 8 | p[1];
-    if (len)
-        sum += (uint32_t)p[0] << 8;
-    return sum;
-}
-
-static uint16_t fold(uint32_t sum) {
-    while (sum >> 16)
-        sum = (sum & 0xFFFF) + (sum >> 16);
-    return (uint16_t)sum;
 }
 
 /* UDP -> TUN, one write per packet would push each 1.4 KB segment through the node's whole
@@ -384,17 +504,10 @@ static void flush(struct coalescer *c) {
         return;
     if (c->segs > 1) {
         uint8_t *ip = c->pkt;
-        ip[2] = c->len >> 8;
-        ip[3] = c->len & 0xFF;
-        ip[10] = ip[11] = 0;
-        uint16_t check = ~fold(sum16(ip, 20, 0));
-        ip[10] = check >> 8;
-        ip[11] = check & 0xFF;
+        put16(ip + 2, (uint16_t)c->len);
+        ip_checksum(ip);
         /* CHECKSUM_PARTIAL: the field holds the pseudo-header sum, the kernel adds the rest. */
-        uint32_t pseudo = sum16(ip + 12, 8, 6 + (uint32_t)(c->len - 20));
-        uint16_t partial = fold(pseudo);
-        ip[20 + 16] = partial >> 8;
-        ip[20 + 17] = partial & 0xFF;
+        put16(ip + 20 + 16, csum_add(ip + 12, 8, 6 + (uint32_t)(c->len - 20)));
         vh = (struct vnet_hdr){VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, (uint16_t)c->hlen,
                                (uint16_t)c->mss, 20, 16};
     }

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from labctl.datapath import BATCH, Datapath, DatapathConfig, ErrorLog, Route, run, tune_socket
-from labctl.datapath.tun import open_tun
+from labctl.datapath.tun import enable_tcp_offload, open_tun
 
 PROG = "labctl.datapath.udpproxy"
 SOURCE = Path(__file__).with_name("udpproxy.c")
@@ -55,6 +55,7 @@ COUNTERS = (
     "no route",
     "TTL expired (out)",
     "TTL expired (in)",
+    "malformed offload",
     "send buffer full",
     "send errors",
     "not IPv4",
@@ -142,6 +143,7 @@ class UdpProxy(Datapath):
         lib = load_library()
         self._tun = open_tun(config.tun, vnet_hdr=True)
         try:
+            enable_tcp_offload(self._tun)  # the C side segments and checksums (udpproxy.c)
             self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             tune_socket(self._sock)
             self._sock.bind((str(config.local_ip), config.port))
