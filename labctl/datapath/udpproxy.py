@@ -213,7 +213,7 @@ class UdpProxy(Datapath):
 
     def summary(self) -> str:
         """Packet and error counters of both loops, plus ICMP errors."""
-        counts = ", ".join(f"{k}: {v}" for k, v in zip(COUNTERS, self._counters) if v)
+        counts = ", ".join(f"{k}: {v}" for k, v in zip(COUNTERS, self._counters, strict=True) if v)
         return f"{counts or 'no packets'}; icmp errors: {self._errors.counts}"
 
 

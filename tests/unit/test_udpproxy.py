@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labctl.datapath import Route
-from labctl.datapath import udpproxy
+from labctl.datapath import Route, udpproxy
 
 
 def _route(subnet: str, node: str) -> Route:
@@ -77,5 +76,5 @@ def test_library_without_compiler_says_how_to_fix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(udpproxy.shutil, "which", lambda _name: None)
-    with pytest.raises(udpproxy.ProxyBuildError, match="scripts/install.sh"):
+    with pytest.raises(udpproxy.ProxyBuildError, match=r"scripts/install\.sh"):
         udpproxy.ensure_library(udpproxy.SOURCE, tmp_path / "x.so")
