@@ -49,4 +49,8 @@ fi
 # build/bpf/ (gitignored); `labctl up` rebuilds it when the source is newer.
 "$venv/bin/python" -c "from labctl.datapath.bpf import ensure_object; ensure_object()" || {
   echo "install.sh: could not build the BPF datapath (labctl/datapath/bpf/ipip.bpf.c)" >&2; exit 3; }
+# flannel-udp's proxy loops (labctl/datapath/udpproxy.c): a shared library built here with the
+# system C compiler into build/udpproxy/ (gitignored); the proxy rebuilds it when the source is newer.
+"$venv/bin/python" -c "from labctl.datapath.udpproxy import ensure_library; ensure_library()" || {
+  echo "install.sh: could not build the UDP proxy (labctl/datapath/udpproxy.c)" >&2; exit 3; }
 echo "install.sh: ready ($venv/bin/labctl)"

@@ -268,6 +268,8 @@ class Datapath(ABC):
     # Set by subclasses when they attach: the TUN fd and their rate-limited error log.
     _tun: int
     _errors: ErrorLog
+    #: What every write to the TUN starts with (a virtio_net_hdr when opened with one).
+    _tun_header: bytes = b""
 
     def _unreachable(self, packet: memoryview) -> None:
         """Answer a packet with no route with ICMP net unreachable, as flanneld's proxy does."""
@@ -275,7 +277,7 @@ class Datapath(ABC):
         if reply is None:
             return
         try:
-            os.write(self._tun, reply)
+            os.write(self._tun, self._tun_header + reply)
         except OSError as exc:
             self._errors(f"icmp:{exc.errno}", f"ICMP net unreachable into TUN: {exc}")
 

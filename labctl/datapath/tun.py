@@ -17,7 +17,11 @@ TUNSETIFF = 0x400454CA
 TUNGETIFF = 0x800454D2
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
 IFF_PERSIST = 0x0800
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
 
 _IFREQ = struct.Struct("16sH")
 
@@ -26,8 +30,12 @@ class TunError(RuntimeError):
     """The named TUN device is missing or is not the persistent device the engine made."""
 
 
-def open_tun(name: str) -> int:
+def open_tun(name: str, *, vnet_hdr: bool = False) -> int:
     """Attach to the existing persistent TUN device ``name`` and return a non-blocking fd.
+
+    With ``vnet_hdr`` every read and write on the fd starts with a 10-byte ``virtio_net_hdr``
+    (IFF_VNET_HDR), through which a write can hand the kernel one large TCP packet to treat as
+    a GRO aggregate of segments.
 
     Raises TunError if no interface of that name exists in this network namespace, or if it is
     not a persistent TUN device (TUNSETIFF would otherwise silently create a new, transient
@@ -40,7 +48,8 @@ def open_tun(name: str) -> int:
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         try:
-            fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), IFF_TUN | IFF_NO_PI))
+            flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+            fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), flags))
         except OSError as exc:
             # EINVAL/EBUSY: the name belongs to a non-TUN link, or a TAP, or flags differ.
             raise TunError(f"cannot attach to {name!r} as IFF_TUN|IFF_NO_PI: {exc}") from exc
@@ -53,3 +62,11 @@ def open_tun(name: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def enable_tcp_offload(fd: int) -> None:
+    """Let the kernel hand ``fd`` (opened with ``vnet_hdr``) unsegmented TCPv4 packets of up
+    to 64 KB and packets with partial checksums, both described by the virtio_net_hdr; the
+    reader must then segment and checksum them itself. The setting belongs to the device and
+    outlives the fd, so every process attaching to it must handle such packets."""
+    fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
