@@ -20,6 +20,9 @@ node, and say how long the other nodes took to follow.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from ipaddress import IPv4Network
 from typing import Any
@@ -196,6 +199,11 @@ class Membership:
         if name in self.speakers.daemons:
             pid, dpids = self.speakers.daemons.pop(name)
             blocks = {str(b) for b in speakers[name][0].networks}
+            for dpid in dpids:
+                # A frozen speaker (node stop) would sit out SIGTERM and be killed without
+                # closing its sessions.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(dpid, signal.SIGCONT)
             frr.stop(pid, dpids)
             for key in [k for k in st.processes if k.startswith(f"{name}:frr:")]:
                 del st.processes[key]
