@@ -340,5 +340,7 @@ def replan(
             change.speakers[node] = (gone.bgp, None)
     plan.pod_mtu = min(plan.node_pod_mtu.values())
     plan.paths = dict(after.paths)
-    plan.notes += [n for n in after.notes if n not in plan.notes]
+    # The planner's notes follow the node list ("nodes a, b have no default route"): its old
+    # ones give way to its new ones; notes from elsewhere stay.
+    plan.notes = [n for n in plan.notes if n not in before.notes] + after.notes
     return change

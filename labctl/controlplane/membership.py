@@ -244,8 +244,10 @@ class Membership:
         supervisor's own handlers."""
         members.write_raw(self.st.topology, raw)
         state.write_plan(self.st.lab, plan)
+        gone = set(self.dyn.plan.notes) - set(plan.notes)
         self.dyn.plan = self.kubelet.plan = plan
         self.kubelet.topo = topo
+        self.st.notes = [n for n in self.st.notes if n not in gone]
         self.st.notes += [n for n in plan.notes if n not in self.st.notes]
         self.st.save()
 

@@ -202,3 +202,9 @@ def test_a_join_other_nodes_cannot_follow_is_refused() -> None:
     # ones, so a live join would leave them stale: the re-plan names them.
     with pytest.raises(NodeChangeError, match="changes master's routes, neighbours, fdb"):
         _join("calico-vxlan")
+
+
+def test_planner_notes_follow_the_node_list() -> None:
+    change = _join("calico-bgp")
+    (note,) = [n for n in change.plan.notes if "no default route" in n]
+    assert "master, node1, node2, node9 have" in note  # replaced, not added beside the old one
