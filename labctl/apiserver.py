@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from labctl import control, state, store
+from labctl.controlplane import members
 from labctl.errors import LabctlError
 from labctl.k8s.meta import parse_label_args
 from labctl.modes import Mode, get_mode
@@ -360,3 +361,76 @@ def get(lab: str, kind: str, namespace: str | None) -> list[dict[str, Any]]:
         items = [d.manifest(controller.ready(objects, d)) for d in objects.deployments.values()]
     items = [i for i in items if namespace is None or i["metadata"]["namespace"] == namespace]
     return sorted(items, key=lambda i: (i["metadata"]["namespace"], i["metadata"]["name"]))
+
+
+def _node_change(lab: str) -> tuple[state.LabState, Mode, Topology, dict[str, Any]]:
+    st = state.load(lab)
+    if st.status != "ready":
+        raise ObjectError(f"lab {lab} is {st.status}, not ready; see 'labctl status -n {lab}'")
+    return st, get_mode(st.mode), load_topology(st.topology), members.read_raw(st.topology)
+
+
+def add_node(
+    lab: str, name: str, segment: str, ip: str, pod_cidr: str | None = None
+) -> dict[str, Any]:
+    """`labctl node add` (kubeadm join): the node validated as the topology loader would and
+    its share of the re-plan checked here, so bad input changes nothing (exit 2); then the
+    supervisor builds and starts it and waits until the other nodes have its routes."""
+    st, mode, topo, raw = _node_change(lab)
+    members.check_mode(st.mode, "node add")
+    _, new = members.add_node(raw, topo, name, segment, ip, pod_cidr)
+    members.replan(mode, st.datapath, state.read_plan(lab), topo, new)
+    # Under the store's lock: no apply schedules or programs pods while the node joins.
+    with store.locked(lab):
+        return control.request(
+            lab,
+            "node-add",
+            name=name,
+            segment=segment,
+            ip=str(new.nodes[name].ip),
+            pod_cidr=str(new.node_pod_cidrs[name]),
+        )
+
+
+def remove_node(lab: str, name: str, force: bool = False) -> tuple[Outcome, dict[str, Any]]:
+    """`labctl node remove` (kubectl drain, then kubectl delete node): pods of Deployments on
+    the node are replaced on the other nodes, pods no controller manages are deleted only with
+    `force` (kubectl drain refuses them otherwise); then the supervisor stops the node, the
+    others drop it, and it is removed."""
+    st, mode, topo, raw = _node_change(lab)
+    members.check_mode(st.mode, "node remove")
+    plan = state.read_plan(lab)
+    _, new = members.remove_node(raw, topo, name, any(ns.bgp for ns in plan.node_ns()))
+    members.replan(mode, st.datapath, plan, topo, new)
+    outcome = Outcome()
+    with store.locked(lab) as objects:
+        on_node = [p for p in objects.pods.values() if p.node == name]
+        bare = [p.key for p in on_node if p.owner is None]
+        if bare and not force:
+            raise ObjectError(
+                f"cannot drain node {name}: pods that declare no controller would be lost "
+                f"({', '.join(bare)}); --force deletes them"
+            )
+        outcome.lines.append(f"node/{name} cordoned")
+        if bare:
+            outcome.warnings.append(f"deleting Pods that declare no controller: {', '.join(bare)}")
+        before = objects.model_copy(deep=True)
+        for p in on_node:
+            del objects.pods[p.key]
+            outcome.lines.append(f"pod/{p.name} evicted")
+        try:
+            # The ReplicaSets replace what the drain evicted, on the nodes that stay.
+            controller.reconcile(objects, new, mode)
+        except _REFUSED as e:
+            raise ObjectError(f"cannot drain node {name}: {e}") from None
+        outcome.lines += [
+            f"pod/{p.name} created on {p.node} (replaces an evicted pod)"
+            for k, p in objects.pods.items()
+            if k not in before.pods
+        ]
+        if on_node:
+            objects.bump()
+            _commit(lab, topo, before, objects, outcome)
+        outcome.lines.append(f"node/{name} drained")
+        reply = control.request(lab, "node-remove", name=name)
+    return outcome, reply

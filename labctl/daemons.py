@@ -4,16 +4,18 @@ supervisor inside their namespace, restarted when they die, stopped with the lab
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from labctl import state
 from labctl.controlplane import agent, felix
 from labctl.datapath import bpf, ipip, udpproxy
 from labctl.nsutil import enter_netns_path, netns_path
-from labctl.plan import Plan
+from labctl.plan import Daemon, NamespacePlan, Plan
 
 # kind -> function(config_path) returning the argv to run.
 ARGV: dict[str, Callable[[str], list[str]]] = {
@@ -61,22 +63,49 @@ class Group:
 
     def start(self, plan: Plan, pids: dict[str, int], st: state.LabState) -> None:
         """Start every daemon the plan names, each inside its namespace."""
-        ddir = st.dir / "daemons"
         for ns in plan.namespaces.values():
-            for d in ns.daemons:
-                ddir.mkdir(exist_ok=True)
-                name = f"{ns.name}:{d.kind}"
-                cfg = ddir / f"{ns.name.replace('/', '_')}-{d.kind}.json"
-                cfg.write_text(json.dumps(d.config))
-                argv = ARGV[d.kind](str(cfg))
-                log = str(cfg.with_suffix(".log"))
-                popen = self._spawn(pids[ns.name], argv, log)
-                self.procs.append(_Proc(name, pids[ns.name], argv, log, popen))
-                st.processes[name] = popen.pid
+            self._start_ns(ns, pids[ns.name], st)
         # One deadline for the group: they all start at once and share the same cores.
         deadline = time.monotonic() + READY_TIMEOUT + READY_PER_DAEMON * len(self.procs)
         for p in self.procs:
             _wait_ready(p, deadline)
+
+    def start_namespace(self, ns: NamespacePlan, pid: int, st: state.LabState) -> None:
+        """Start the daemons of one namespace (a node that joined) and wait until ready."""
+        started = self._start_ns(ns, pid, st)
+        deadline = time.monotonic() + READY_TIMEOUT + READY_PER_DAEMON * len(started)
+        for p in started:
+            _wait_ready(p, deadline)
+
+    def _start_ns(self, ns: NamespacePlan, pid: int, st: state.LabState) -> list[_Proc]:
+        started = []
+        for d in ns.daemons:
+            name = f"{ns.name}:{d.kind}"
+            cfg = _config_path(st, ns.name, d.kind)
+            cfg.write_text(json.dumps(d.config))
+            argv = ARGV[d.kind](str(cfg))
+            log = str(cfg.with_suffix(".log"))
+            proc = _Proc(name, pid, argv, log, self._spawn(pid, argv, log))
+            self.procs.append(proc)
+            started.append(proc)
+            st.processes[name] = proc.popen.pid
+        return started
+
+    def reconfigure(self, ns: str, daemon: Daemon, st: state.LabState) -> None:
+        """Give a running daemon a new config (its peer table) and SIGHUP it to re-read it."""
+        _config_path(st, ns, daemon.kind).write_text(json.dumps(daemon.config))
+        for p in self.procs:
+            if p.name == f"{ns}:{daemon.kind}" and p.popen.poll() is None:
+                p.popen.send_signal(signal.SIGHUP)
+
+    def stop_namespace(self, ns: str, st: state.LabState, timeout: float = 3.0) -> list[str]:
+        """Stop and forget the daemons of namespace `ns` (a node that leaves); their names."""
+        mine = [p for p in self.procs if p.name.split(":", 1)[0] == ns]
+        _terminate(mine, timeout)
+        for p in mine:
+            self.procs.remove(p)
+            st.processes.pop(p.name, None)
+        return [p.name for p in mine]
 
     def alive(self) -> dict[str, bool]:
         """Which daemons are running right now (for status)."""
@@ -105,16 +134,29 @@ class Group:
 
     def stop(self, timeout: float = 3.0) -> None:
         """SIGTERM all, then SIGKILL what is left after `timeout`."""
-        for p in self.procs:
-            if p.popen.poll() is None:
-                p.popen.terminate()
-        deadline = time.monotonic() + timeout
-        for p in self.procs:
-            try:
-                p.popen.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.popen.kill()
-                p.popen.wait()
+        _terminate(self.procs, timeout)
+
+
+def _config_path(st: state.LabState, ns: str, kind: str) -> Path:
+    ddir = st.dir / "daemons"
+    ddir.mkdir(exist_ok=True)
+    return ddir / f"{ns.replace('/', '_')}-{kind}.json"
+
+
+def _terminate(procs: list[_Proc], timeout: float) -> None:
+    """SIGTERM `procs`, then SIGKILL what is left after `timeout`."""
+    for p in procs:
+        if p.popen.poll() is None:
+            # A frozen daemon (labctl node stop) acts on SIGTERM only once it runs again.
+            p.popen.send_signal(signal.SIGCONT)
+            p.popen.terminate()
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.popen.kill()
+            p.popen.wait()
 
 
 class DaemonFailed(RuntimeError):

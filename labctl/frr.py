@@ -495,3 +495,48 @@ def wait_kernel_routes(
         if time.monotonic() - began > timeout:
             raise TimeoutError(f"node {pid}: bgp routes {have}, expected {want}")
         time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- reconfigure
+
+
+def neighbor_commands(before: BgpSpeaker, after: BgpSpeaker) -> list[str]:
+    """vtysh commands taking a running speaker from `before`'s neighbours to `after`'s: the
+    lines the rendered config has for each new neighbour (session, then address family), and
+    ``no neighbor`` for each one gone. Empty when the neighbours are the same."""
+    old = {n.ip for n in before.neighbors}
+    new = {n.ip for n in after.neighbors}
+    if old == new:
+        return []
+    session: list[str] = []
+    family: list[str] = []
+    for line in render(after).splitlines():
+        words = line.split()
+        if len(words) < 3 or words[0] != "neighbor":
+            continue
+        if ipaddress.IPv4Address(words[1]) in new - old:
+            # One leading space: `router bgp`; two: `address-family ipv4 unicast`.
+            (family if line.startswith("  ") else session).append(line.strip())
+    gone = [f"no neighbor {ip}" for ip in sorted(old - new)]
+    cmds = ["configure terminal", f"router bgp {after.asn}", *gone, *session]
+    if family:
+        cmds += ["address-family ipv4 unicast", *family, "exit-address-family"]
+    return [*cmds, "end"]
+
+
+def reconfigure(pid: int, before: BgpSpeaker, after: BgpSpeaker) -> list[str]:
+    """Give node ``pid``'s running FRR `after`'s neighbours: the re-rendered frr.conf written
+    (as calico's confd re-renders BIRD's config) and the difference applied live with vtysh
+    (as BIRD's reload does). Returns the commands run."""
+    cmds = neighbor_commands(before, after)
+    if not cmds:
+        return []
+    node_path(pid, CONF_PATH).write_text(render(after))
+    argv = [_vtysh()] + [x for c in cmds for x in ("-c", c)]
+    proc = subprocess.run(_nsenter(pid, *argv), capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0 or "%" in proc.stdout:
+        raise FrrError(
+            f"vtysh in node {pid} refused the neighbour change: "
+            f"{(proc.stderr or proc.stdout).strip()}"
+        )
+    return cmds

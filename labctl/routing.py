@@ -36,7 +36,7 @@ class Speakers:
         progress("waiting for the underlay")
         # A session's first SYN can be lost to a cold ARP cache on a fresh bridge, and bgpd
         # then waits a whole connect-retry interval: warm the path first.
-        _reach_all({name: [str(nb.ip) for nb in s.neighbors] for name, s in speakers.items()}, pids)
+        reach_all({name: [str(nb.ip) for nb in s.neighbors] for name, s in speakers.items()}, pids)
         progress(f"starting FRR on {len(speakers)} speakers")
         # FRR's dry runs (four processes per config) cost more than the start itself: run
         # them once per shape of config, which is what a template error would show in.
@@ -64,7 +64,7 @@ class Speakers:
         # UPDATEs follow Established by a coalesce interval: wait for them, so that a verify
         # right after up sees the converged tables.
         progress("waiting for BGP routes")
-        late = _wait_routes(speakers, pids, ROUTES_TIMEOUT)
+        late = wait_routes(speakers, pids, ROUTES_TIMEOUT)
         if late:
             self.warnings.append(
                 f"BGP routes incomplete after {ROUTES_TIMEOUT:.0f} s on {', '.join(sorted(late))}"
@@ -96,7 +96,7 @@ def _shape(s: bgp.BgpSpeaker) -> tuple[object, ...]:
     )
 
 
-def _reach_all(targets: dict[str, list[str]], pids: dict[str, int], timeout: float = 10.0) -> None:
+def reach_all(targets: dict[str, list[str]], pids: dict[str, int], timeout: float = 10.0) -> None:
     """Ping every neighbour from each speaker until all answer (or `timeout`)."""
     pending = {(name, ip) for name, ips in targets.items() for ip in ips}
     deadline = time.monotonic() + timeout
@@ -114,7 +114,7 @@ def _reach_all(targets: dict[str, list[str]], pids: dict[str, int], timeout: flo
         pending = {key for key, p in procs.items() if p.wait() != 0}
 
 
-def _wait_routes(
+def wait_routes(
     speakers: dict[str, bgp.BgpSpeaker], pids: dict[str, int], timeout: float
 ) -> set[str]:
     """Wait until each speaker that originates blocks and installs routes has every other

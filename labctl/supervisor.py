@@ -17,6 +17,7 @@ from types import FrameType
 
 from labctl import control, daemons, engine, routing, state, store, wiring
 from labctl.controlplane.dynamics import Dynamics
+from labctl.controlplane.membership import Membership
 from labctl.controlplane.supervise import ControlPlane, agent_configs
 from labctl.kubelet import Kubelet
 from labctl.listeners import Host, PodServers
@@ -109,11 +110,14 @@ def run(lab: str) -> int:
                 cplane.sync_ipam(plan, store.load(lab))
             return result
 
+        nodes = Membership(kubelet, dyn, speakers)
         ops = {
             "sync": lambda req: synced(kubelet.sync()),
             "node": dyn.node,
             "set-backend": dyn.set_backend,
             "restart-agents": dyn.restart_agents,
+            "node-add": nodes.add,
+            "node-remove": nodes.remove,
         }
         ctl = control.listen(lab)
         servers.watch(ctl, lambda: control.handle(ctl, lambda req: ops[req["op"]](req)))

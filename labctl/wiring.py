@@ -14,7 +14,7 @@ from pyroute2 import IPRoute
 
 from labctl import frr
 from labctl.nsutil import in_netns
-from labctl.plan import Plan
+from labctl.plan import Attachment, NamespacePlan, Plan
 
 DEFAULT_MTU = 1500
 
@@ -67,7 +67,50 @@ def build(
             _set_mtu(att.mtu, port, hosts[att.ns].pid, att.ifname)
     for sw in switches.values():
         sw.start([])
+    # Kept on the Mininet object, which the supervisor holds for the lab's lifetime: nodes
+    # that join later plug into their segment's switch (add_host).
+    net.labctl_segments = switches
     return net
+
+
+def add_host(net: Any, ns: NamespacePlan, atts: list[Attachment], serial: int) -> Any:
+    """A namespace for a node that joins a running lab, plugged into its segments' bridges as
+    `build` plugs the others (`serial` makes the Mininet name unique); returns the host."""
+    dirs = list(ns.private_dirs) + (list(frr.PRIVATE_DIRS) if ns.bgp else [])
+    host = net.addHost(f"j{serial}", privateDirs=dirs)
+    switches: dict[str, Any] = net.labctl_segments
+    for att in atts:
+        if att.segment not in switches:
+            # A segment no namespace was on at `up` has no bridge yet.
+            sw = net.addSwitch(f"sg{len(net.switches)}", dpid=str(len(net.switches) + 1), stp=False)
+            sw.start([])
+            switches[att.segment] = sw
+        sw = switches[att.segment]
+        n = 0
+        while f"{sw.name}p{n}" in sw.nameToIntf:
+            n += 1
+        port = f"{sw.name}p{n}"
+        net.addLink(host, sw, intfName1=att.ifname, addr1=att.mac, intfName2=port)
+        # Mininet enslaves ports when a bridge starts; this one started long ago.
+        with IPRoute() as lab:
+            idx = lab.link_lookup(ifname=port)[0]
+            lab.link("set", index=idx, master=lab.link_lookup(ifname=sw.name)[0], state="up")
+        if att.mtu != DEFAULT_MTU:
+            _set_mtu(att.mtu, port, host.pid, att.ifname)
+    return host
+
+
+def remove_host(net: Any, host: Any) -> None:
+    """Remove a node's namespace and its links from the segments (a node that leaves)."""
+    for link in [x for x in net.links if host in (x.intf1.node, x.intf2.node)]:
+        # Deleting one end of a veth deletes both: the bridge port goes with it.
+        link.intf1.node.cmd("ip link del", link.intf1.name)
+        for intf in (link.intf1, link.intf2):
+            intf.node.delIntf(intf)
+        net.links.remove(link)
+    host.terminate()
+    net.hosts.remove(host)
+    del net.nameToNode[host.name]
 
 
 def _set_mtu(mtu: int, port: str, pid: int, ifname: str) -> None:

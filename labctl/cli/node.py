@@ -1,11 +1,12 @@
-"""The live control plane's verbs: node stop|start, config set backend, restart agents."""
+"""The live control plane's verbs: node add|remove|stop|start, config set backend, restart
+agents."""
 
 from __future__ import annotations
 
 import click
 
 from labctl import control, state
-from labctl.cli.common import NAME, OUTPUT, emit_json, guarded, out
+from labctl.cli.common import NAME, OUTPUT, emit_json, err, guarded, out
 from labctl.controlplane.dynamics import BACKEND_CHOICES
 from labctl.state import LabError
 
@@ -21,7 +22,76 @@ def _lab_with_node(lab: str | None, node: str) -> str:
 
 @click.group()
 def node() -> None:
-    """Freeze and thaw a node's control plane (its agent and daemons)."""
+    """Nodes of a running lab: add and remove them live (flannel modes and calico-bgp), freeze
+    and thaw their control plane (stop, start)."""
+
+
+@node.command()
+@NAME
+@OUTPUT
+@click.argument("name")
+@click.option("--segment", required=True, help="The segment the node plugs into.")
+@click.option("--ip", required=True, help="The node's address, a free host address of SEGMENT.")
+@click.option(
+    "--pod-cidr",
+    default=None,
+    help="The node's pod CIDR (default: the next free one of cluster.podCIDR, as allocated at up).",
+)
+@guarded
+def add(
+    lab: str | None, output: str, name: str, segment: str, ip: str, pod_cidr: str | None
+) -> None:
+    """Join node NAME to the running lab: its namespace, its link to SEGMENT, its share of the
+    plan and its daemons. Flannel: its agent takes a subnet lease and the other agents program
+    it from their lease watch; calico-bgp: its FRR peers with the mesh or route reflectors and
+    the others gain it as a neighbour. Returns once every other node has its routes; new
+    Deployment pods may land on it."""
+    from labctl import apiserver
+
+    reply = apiserver.add_node(state.resolve(lab), name, segment, ip, pod_cidr)
+    if output == "json":
+        emit_json(reply)
+        return
+    out.print(
+        f"node/{name} joined: {reply['ip']} on {segment}, pod CIDR {reply['podCIDR']}; every "
+        f"other node has its routes ({reply['by']}) {reply['converged']:.2f}s after it started "
+        f"({reply['seconds']:.2f}s in all)",
+        highlight=False,
+    )
+
+
+@node.command()
+@NAME
+@OUTPUT
+@click.argument("name")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also delete pods no Deployment manages (kubectl drain --force); without it they "
+    "make the drain refuse.",
+)
+@guarded
+def remove(lab: str | None, output: str, name: str, force: bool) -> None:
+    """Drain node NAME and remove it, as kubectl drain and kubectl delete node: its Deployment
+    pods are replaced on the other nodes, bare pods refuse the drain unless --force deletes
+    them; then its daemons stop, its lease is deleted (flannel) or its BGP sessions close
+    (calico-bgp), the others drop its routes, and its namespace goes. The last node and the
+    only route reflector are refused."""
+    from labctl import apiserver
+
+    outcome, reply = apiserver.remove_node(state.resolve(lab), name, force)
+    if output == "json":
+        emit_json({"drain": outcome.lines, "warnings": outcome.warnings, **reply})
+        return
+    for w in outcome.warnings:
+        err.print(f"[yellow]Warning:[/yellow] {w}", highlight=False)
+    for line in outcome.lines:
+        out.print(line, highlight=False)
+    out.print(
+        f"node/{name} removed: its routes gone from every other node ({reply['by']}) "
+        f"{reply['converged']:.2f}s after it stopped ({reply['seconds']:.2f}s in all)",
+        highlight=False,
+    )
 
 
 def _freeze(lab: str | None, name: str, action: str, output: str) -> None:

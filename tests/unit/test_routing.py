@@ -31,13 +31,13 @@ def test_converged_mesh_returns_nothing_pending(monkeypatch: pytest.MonkeyPatch)
     # Each node has the two other blocks (its own is a static blackhole, not bgp).
     _fake_kernel(monkeypatch, {1: ALL - {"10.65.0.0/26"}, 2: ALL - {"10.65.1.0/26"},
                                3: ALL - {"10.65.2.0/26"}})  # fmt: skip
-    assert routing._wait_routes(bgp.calico_speakers(NODES), PIDS, timeout=1) == set()
+    assert routing.wait_routes(bgp.calico_speakers(NODES), PIDS, timeout=1) == set()
 
 
 def test_a_missing_block_is_reported_after_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_kernel(monkeypatch, {1: ALL - {"10.65.0.0/26"}, 2: {"10.65.0.0/26"},
                                3: ALL - {"10.65.2.0/26"}})  # fmt: skip
-    assert routing._wait_routes(bgp.calico_speakers(NODES), PIDS, timeout=0.1) == {"node1"}
+    assert routing.wait_routes(bgp.calico_speakers(NODES), PIDS, timeout=0.1) == {"node1"}
 
 
 def test_only_speakers_that_install_and_originate_are_waited_for(
@@ -49,7 +49,7 @@ def test_only_speakers_that_install_and_originate_are_waited_for(
     }
     asked = _fake_kernel(monkeypatch, {pid: set() for pid in PIDS.values()})
     # No-rib nodes (ipip/vxlan modes) and routers (no blocks of their own): nothing to wait.
-    assert routing._wait_routes(speakers, PIDS, timeout=0.1) == set()
+    assert routing.wait_routes(speakers, PIDS, timeout=0.1) == set()
     assert asked == []
 
 
