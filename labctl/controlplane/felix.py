@@ -18,9 +18,11 @@ status file the supervisor reads (controlplane/agent.py's format).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import socket
 import sys
 import threading
 import time
@@ -31,12 +33,23 @@ from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import rt_type
 
 from labctl import engine, state
 from labctl.controlplane import calicostore as cs
 from labctl.controlplane.agent import status_path
 from labctl.controlplane.etcd import Client, EtcdError, KeyValue, socket_path
-from labctl.modes.calico import ENCAPS, CalicoPeer, Encap, route_objects, vtep_objects
+from labctl.modes.calico import (
+    ENCAPS,
+    FELIX_PROTO,
+    IPIP_DEV,
+    VXLAN_DEV,
+    CalicoPeer,
+    Encap,
+    route_objects,
+    vtep_objects,
+)
 from labctl.plan import NamespacePlan
 
 RESYNC = 10.0  # Felix's RouteRefreshInterval is 90 s; lab-sized like flannel's routeCheck
@@ -165,6 +178,7 @@ class Felix:
         self.programmed: dict[str, NamespacePlan] = {}
         self.warnings: dict[str, list[str]] = {}
         self.ip = IPRoute()
+        self.started = False
 
     def log(self, text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {self.cfg.node}: {text}", flush=True)
@@ -240,8 +254,11 @@ class Felix:
 
     def resync(self, force: bool = False) -> None:
         """Program the difference between what the datastore asks for and what is in the
-        kernel from us (`force`: re-program everything, Felix's periodic refresh)."""
+        kernel from us (`force`: re-program everything, Felix's periodic refresh, and remove
+        Felix-protocol routes nobody asks for, e.g. left by an agent that was killed)."""
         want = desired(self.encap, self.cfg.node, self.cfg.address.network, self.ds)
+        if force:
+            self._sweep({r.dst for p in want.values() for r in p.routes})
         empty = NamespacePlan(name=self.cfg.node, role="node")
         for name in sorted(set(self.programmed) | set(want)):
             old, new = self.programmed.get(name, empty), want.get(name, empty)
@@ -259,6 +276,20 @@ class Felix:
             else:
                 self.programmed.pop(name, None)
                 self.warnings.pop(name, None)
+
+    def _sweep(self, wanted: set[str]) -> None:
+        # Felix owns the routes of its protocol and every route on its tunnel devices:
+        # unicast ones it does not want go (the blackhole of its own block is not a peer's).
+        tunnels = {i for dev in (VXLAN_DEV, IPIP_DEV) for i in self.ip.link_lookup(ifname=dev)}
+        for route in self.ip.get_routes(family=socket.AF_INET, table=254):
+            ours = route["proto"] == FELIX_PROTO or route.get_attr("RTA_OIF") in tunnels
+            if not ours or route["type"] != rt_type["unicast"] or not route["dst_len"]:
+                continue
+            dst = f"{route.get_attr('RTA_DST')}/{route['dst_len']}"
+            if dst not in wanted:
+                with contextlib.suppress(NetlinkError):
+                    self.ip.route("del", dst=dst, table=254)
+                self.log(f"{dst}: removed a route no record asks for")
 
     def _watch(self) -> None:
         """Thread: list, then watch from the next revision; on any break list again."""
@@ -334,7 +365,10 @@ class Felix:
                     continue
                 changed = True
             if changed:
-                self.resync()
+                # The first sync after start is a full one (Felix's start-of-day resync): a
+                # killed predecessor may have left routes that no record asks for any more.
+                self.resync(force=not self.started)
+                self.started = True
                 self.report()
 
     def _complain(self, text: str | None) -> None:

@@ -28,6 +28,7 @@ from ipaddress import IPv4Network
 from typing import Any
 
 from labctl import engine, frr, routing, state, store, wiring
+from labctl.controlplane import calicostore as cs
 from labctl.controlplane import lease as leases
 from labctl.controlplane import members
 from labctl.controlplane.agent import status_path
@@ -182,7 +183,7 @@ class Membership:
         speakers: dict[str, tuple[Any, Any]],
         tables: list[tuple[str, Daemon]],
         plan: Plan,
-        lease: str | None,
+        lease: list[str],
     ) -> None:
         """Stop the node's daemons and speaker, delete its lease, give the others' datapaths
         their new peer `tables` and their speakers their new neighbours; wait until its block
@@ -190,10 +191,11 @@ class Membership:
         st = self.st
         self.dyn.group.stop_namespace(name, st)
         status_path(st.dir, name).unlink(missing_ok=True)
-        if lease is not None:
-            # What `kubectl delete node` does for flannel's kube subnet manager; with the etcd
-            # one an operator's `etcdctl del` (flanneld never deletes its own lease).
-            self.dyn.cplane.etcd.client.delete(lease)
+        for key in lease:
+            # What `kubectl delete node` does for flannel's kube subnet manager (with the etcd
+            # one an operator's `etcdctl del`: flanneld never deletes its own lease) and
+            # Calico's node controller.
+            self.dyn.cplane.etcd.client.delete(key)
         for where, daemon in tables:
             self.dyn.group.reconfigure(where, daemon, st)
         if name in self.speakers.daemons:
@@ -268,10 +270,17 @@ class Membership:
             policy.sync(objects, self.pids, list(topo.nodes))
 
 
-def _lease(plan: Plan, node: str) -> str | None:
-    """The etcd key of `node`'s subnet lease, if the mode's agents take one."""
+def _lease(plan: Plan, node: str) -> list[str]:
+    """The etcd keys that go with `node` when it is deleted: flannel's subnet lease; in
+    Calico modes its Node resource, block and block affinity (what Calico's node
+    controller removes after `kubectl delete node`)."""
     config = agent_configs(plan).get(node)
-    return leases.subnet_key(IPv4Network(config["subnet"])) if config else None
+    if not config:
+        return []
+    if "subnet" in config:
+        return [leases.subnet_key(IPv4Network(config["subnet"]))]
+    block = IPv4Network(config["block"])
+    return [cs.node_key(node), cs.affinity_key(node, block), cs.block_key(block)]
 
 
 def _daemon(plan: Plan, ns: str, kind: str) -> Daemon:
@@ -286,6 +295,8 @@ def _waits_for(speaker: Any, ip: str) -> bool:
 
 def _mechanism(plan: Plan) -> str:
     """What made the other nodes follow, for the reply."""
-    if agent_configs(plan):
+    if any(ns.bgp for ns in plan.node_ns()):
+        return "BGP"
+    if any("subnet" in c for c in agent_configs(plan).values()):
         return "flannel lease watch"
-    return "BGP"
+    return "calico-node watch"
