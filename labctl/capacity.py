@@ -82,12 +82,19 @@ def demand(plan: Plan) -> Demand:
     """The lab's needs, from its plan.
 
     Neighbours: any pod may talk to any pod, so every host on a segment may resolve every
-    other one (m hosts: m(m-1) entries), and each pod and its node resolve each other.
+    other one (m hosts: m(m-1) entries), each pod and its node resolve each other, and pods
+    behind one bridge resolve each other.
     Permanent entries (VXLAN's per-peer ARP) do not count against the cap.
     """
     hosts = Counter(a.segment for a in plan.attachments)
     pods = sum(1 for ns in plan.namespaces.values() if ns.role == "pod")
     neighbours = sum(m * (m - 1) for m in hosts.values()) + 2 * pods
+    # Behind a bridge (flannel's cni0) a node's pods share one L2 segment and resolve each
+    # other too: k pods add k(k-1). Calico's /32 pods resolve only their gateway.
+    per_node = Counter(ns.node for ns in plan.namespaces.values() if ns.role == "pod")
+    for ns in plan.node_ns():
+        if any(link.kind == "bridge" for link in ns.links):
+            neighbours += per_node[ns.name] * (per_node[ns.name] - 1)
     daemons = [d.kind for ns in plan.namespaces.values() for d in ns.daemons]
     speakers = sum(1 for ns in plan.namespaces.values() if ns.bgp is not None)
     memory = (

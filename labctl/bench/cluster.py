@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from labctl import apiserver, lifecycle, state, store
+from labctl import apiserver, capacity, lifecycle, state, store
 from labctl.features import resolve_datapath
 from labctl.k8s.manifests import Document, parse_objects
 from labctl.modes import get_mode
@@ -48,7 +48,11 @@ def measure(mode: str, topology: Path, lab: str, with_mtu: bool = True) -> dict[
     }
     t0 = time.monotonic()
     try:
-        lifecycle.up(lab, get_mode(mode), topology, topo, lambda _: None, _datapath(mode))
+        try:
+            lifecycle.up(lab, get_mode(mode), topology, topo, lambda _: None, _datapath(mode))
+        except capacity.CapacityError as e:
+            row["refused"] = e.short  # this host cannot hold it: a figure too
+            return row
         t1 = time.monotonic()
         report = verify(lab, with_mtu=with_mtu)
         t2 = time.monotonic()

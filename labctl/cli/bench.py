@@ -302,6 +302,10 @@ def _lifecycle(names: list[str], large: tuple[int, int], output: str) -> None:
             str(r.get("up", "-")),
             str(r.get("verify", "-")),
             str(r["down"]),
-            "yes" if r.get("passed") else "[red]no[/red]",
+            f"refused: {r['refused']}"
+            if r.get("refused")
+            else "yes"
+            if r.get("passed")
+            else "[red]no[/red]",
         )
     out.print(t)

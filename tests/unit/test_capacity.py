@@ -90,3 +90,15 @@ def test_entries_already_in_the_shared_table_count() -> None:
     with pytest.raises(CapacityError, match=r"gc_thresh3 is 1024 and 200 are in use") as info:
         capacity.check(need, busy)
     assert info.value.short == "ARP 900 > 824 free of gc_thresh3 1024"
+
+
+def test_pods_behind_a_bridge_resolve_each_other() -> None:
+    """flannel's cni0 is an L2 segment of the node's pods; Calico's /32 pods are not."""
+    topo = parse_topology(flat(20, 10))
+    bridged = capacity.demand(get_mode("flannel-vxlan").plan(topo)).neighbours
+    routed = capacity.demand(get_mode("calico-vxlan").plan(topo)).neighbours
+    assert routed == 20 * 19 + 2 * 200
+    assert bridged == routed + 20 * 10 * 9  # the README's 20 x 10 flannel lab: refused
+    with pytest.raises(CapacityError):
+        capacity.check(capacity.demand(get_mode("flannel-vxlan").plan(topo)), ROOMY)
+    capacity.check(capacity.demand(get_mode("calico-vxlan").plan(topo)), ROOMY)
