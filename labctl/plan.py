@@ -187,6 +187,15 @@ class Plan:
         return [n for n in self.namespaces.values() if n.role == "node"]
 
 
+def agent_owned(part: NamespacePlan) -> NamespacePlan:
+    """Mark `part`'s neighbours, FDB entries and routes as a node agent's: the planner
+    records them, the agent programs them, the engine skips them."""
+    objects: list[Neigh | Fdb | Route] = [*part.neighbours, *part.fdb, *part.routes]
+    for obj in objects:
+        obj.agent = True
+    return part
+
+
 def pod_ns_name(ns: str, pod: str) -> str:
     """Namespace key of a pod inside the lab (`ns/pod` is the user-facing name)."""
     return f"{ns}/{pod}"

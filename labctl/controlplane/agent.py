@@ -84,24 +84,22 @@ class Config:
         )
 
 
-class Agent:
-    """One node's flanneld."""
+class NodeAgent:
+    """What the node agents share (flanneld here, calico-node in felix.py): the log line, etcd
+    retries, a thread that lists then watches `prefix` into `events`, and the status report
+    the supervisor reads."""
 
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.dir = state.lab_dir(cfg.lab)
+    def __init__(self, lab: str, node: str, prefix: str) -> None:
+        self.node = node
+        self.prefix = prefix
+        self.dir = state.lab_dir(lab)
         self.etcd = Client(str(socket_path(self.dir)))
-        self.key = leases.subnet_key(cfg.subnet)
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        # subnet -> (lease value, what was programmed for it)
-        self.peers: dict[str, tuple[str, NamespacePlan]] = {}
         self.warnings: dict[str, list[str]] = {}
         self.ip = IPRoute()
 
     def log(self, text: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {self.cfg.node}: {text}", flush=True)
-
-    # ---- config and lease ----
+        print(f"{time.strftime('%H:%M:%S')} {self.node}: {text}", flush=True)
 
     def _retry(self, what: str, fn: Any) -> Any:
         while True:
@@ -110,6 +108,39 @@ class Agent:
             except EtcdError as e:
                 self.log(f"{what}: {e}; retrying")
                 time.sleep(RETRY)
+
+    def _watch(self) -> None:
+        """Thread: list, then watch from the next revision; on any break list again."""
+        while True:
+            try:
+                rev, kvs = self.etcd.get_prefix(self.prefix)
+                self.events.put(("reset", kvs))
+                for ev in self.etcd.watch(self.prefix, rev + 1):
+                    self.events.put(("event", ev))
+            except EtcdError as e:
+                self.events.put(("lost", str(e)))
+                time.sleep(RETRY)
+
+    def write_report(self, doc: dict[str, Any]) -> None:
+        """Replace this node's status file with `doc` (plus node and pid) in one rename."""
+        path = status_path(self.dir, self.node)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"node": self.node, "pid": os.getpid(), **doc}))
+        os.replace(tmp, path)
+
+
+class Agent(NodeAgent):
+    """One node's flanneld."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg.lab, cfg.node, leases.SUBNETS)
+        self.cfg = cfg
+        self.key = leases.subnet_key(cfg.subnet)
+        # subnet -> (lease value, what was programmed for it)
+        self.peers: dict[str, tuple[str, NamespacePlan]] = {}
+
+    # ---- config and lease ----
 
     def read_config(self) -> None:
         kv = self._retry("get network config", lambda: self.etcd.get(leases.CONFIG_KEY))
@@ -225,33 +256,16 @@ class Agent:
 
     # ---- loop ----
 
-    def _watch(self) -> None:
-        """Thread: list, then watch from the next revision; on any break list again."""
-        while True:
-            try:
-                rev, kvs = self.etcd.get_prefix(leases.SUBNETS)
-                self.events.put(("reset", kvs))
-                for ev in self.etcd.watch(leases.SUBNETS, rev + 1):
-                    self.events.put(("event", ev))
-            except EtcdError as e:
-                self.events.put(("lost", str(e)))
-                time.sleep(RETRY)
-
     def report(self) -> None:
-        path = status_path(self.dir, self.cfg.node)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {
-            "node": self.cfg.node,
-            "pid": os.getpid(),
-            "lease": str(self.cfg.subnet),
-            "backend": self.mode,
-            "peers": sorted(self.peers),
-            "warnings": [w for ws in self.warnings.values() for w in ws],
-            "renewed": time.time() - (time.monotonic() - self.renewed),
-        }
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, path)
+        self.write_report(
+            {
+                "lease": str(self.cfg.subnet),
+                "backend": self.mode,
+                "peers": sorted(self.peers),
+                "warnings": [w for ws in self.warnings.values() for w in ws],
+                "renewed": time.time() - (time.monotonic() - self.renewed),
+            }
+        )
 
     def run(self) -> None:
         """Acquire, announce `ready`, then watch, renew and resync forever."""

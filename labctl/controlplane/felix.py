@@ -32,14 +32,13 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import rt_type
 
 from labctl import engine, state
 from labctl.controlplane import calicostore as cs
-from labctl.controlplane.agent import status_path
-from labctl.controlplane.etcd import Client, EtcdError, KeyValue, socket_path
+from labctl.controlplane.agent import NodeAgent
+from labctl.controlplane.etcd import KeyValue
 from labctl.modes.calico import (
     ENCAPS,
     FELIX_PROTO,
@@ -53,7 +52,6 @@ from labctl.modes.calico import (
 from labctl.plan import NamespacePlan
 
 RESYNC = 10.0  # Felix's RouteRefreshInterval is 90 s; lab-sized like flannel's routeCheck
-RETRY = 0.5
 
 
 def argv(config_path: str) -> list[str]:
@@ -166,30 +164,15 @@ def _minus(a: NamespacePlan, b: NamespacePlan) -> NamespacePlan:
     )
 
 
-class Felix:
+class Felix(NodeAgent):
     """One node's calico-node: start-up, then Felix's route and VTEP programming."""
 
     def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg.lab, cfg.node, cs.PREFIX)
         self.cfg = cfg
-        self.dir = state.lab_dir(cfg.lab)
-        self.etcd = Client(str(socket_path(self.dir)))
-        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.ds = Datastore()
         self.programmed: dict[str, NamespacePlan] = {}
-        self.warnings: dict[str, list[str]] = {}
-        self.ip = IPRoute()
         self.started = False
-
-    def log(self, text: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {self.cfg.node}: {text}", flush=True)
-
-    def _retry(self, what: str, fn: Any) -> Any:
-        while True:
-            try:
-                return fn()
-            except EtcdError as e:
-                self.log(f"{what}: {e}; retrying")
-                time.sleep(RETRY)
 
     # ---- calico-node start-up ----
 
@@ -291,18 +274,6 @@ class Felix:
                     self.ip.route("del", dst=dst, table=254)
                 self.log(f"{dst}: removed a route no record asks for")
 
-    def _watch(self) -> None:
-        """Thread: list, then watch from the next revision; on any break list again."""
-        while True:
-            try:
-                rev, kvs = self.etcd.get_prefix(cs.PREFIX)
-                self.events.put(("reset", kvs))
-                for ev in self.etcd.watch(cs.PREFIX, rev + 1):
-                    self.events.put(("event", ev))
-            except EtcdError as e:
-                self.events.put(("lost", str(e)))
-                time.sleep(RETRY)
-
     def peers(self) -> list[str]:
         """Remote blocks this node has a way to: a programmed route (encapsulating modes) or,
         in calico-bgp where FRR installs them, a block and Node record to announce it."""
@@ -313,19 +284,14 @@ class Felix:
         )
 
     def report(self) -> None:
-        path = status_path(self.dir, self.cfg.node)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {
-            "node": self.cfg.node,
-            "pid": os.getpid(),
-            "block": str(self.cfg.block),
-            "mode": self.mode,
-            "peers": self.peers(),
-            "warnings": [w for ws in self.warnings.values() for w in ws],
-        }
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, path)
+        self.write_report(
+            {
+                "block": str(self.cfg.block),
+                "mode": self.mode,
+                "peers": self.peers(),
+                "warnings": [w for ws in self.warnings.values() for w in ws],
+            }
+        )
 
     def run(self) -> None:
         """Start-up, announce `ready`, then watch and resync forever."""

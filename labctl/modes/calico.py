@@ -51,6 +51,7 @@ from labctl.plan import (
     Neigh,
     Plan,
     Route,
+    agent_owned,
     base_plan,
     path_classes,
     stable_mac,
@@ -309,7 +310,7 @@ def vtep_objects(encap: Encap, node: str, peer: CalicoPeer) -> NamespacePlan:
     part = NamespacePlan(name=node, role="node")
     if encap.vtep is not None:
         encap.vtep(part, peer)
-    return _mark(part)
+    return agent_owned(part)
 
 
 def route_objects(encap: Encap, node: str, peer: CalicoPeer) -> NamespacePlan:
@@ -318,17 +319,7 @@ def route_objects(encap: Encap, node: str, peer: CalicoPeer) -> NamespacePlan:
     part = NamespacePlan(name=node, role="node")
     if encap.per_peer is not None:
         encap.per_peer(part, peer)
-    return _mark(part)
-
-
-def _mark(part: NamespacePlan) -> NamespacePlan:
-    for n in part.neighbours:
-        n.agent = True
-    for f in part.fdb:
-        f.agent = True
-    for r in part.routes:
-        r.agent = True
-    return part
+    return agent_owned(part)
 
 
 def agent_config(topo: Topology, mode: str, node: str, block: IPv4Network) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from labctl.plan import (
     Peer,
     Plan,
     Route,
+    agent_owned,
     base_plan,
     path_classes,
     peers_of,
@@ -239,13 +240,7 @@ def peer_objects(backend: Backend, node: str, peer: Peer) -> NamespacePlan:
     node agent's: the planner records them, the agent (controlplane/agent.py) programs them."""
     part = NamespacePlan(name=node, role="node")
     backend.per_peer(part, peer)
-    for n in part.neighbours:
-        n.agent = True
-    for f in part.fdb:
-        f.agent = True
-    for r in part.routes:
-        r.agent = True
-    return part
+    return agent_owned(part)
 
 
 def lease_ttl() -> int:

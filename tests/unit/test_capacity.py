@@ -5,28 +5,12 @@ from __future__ import annotations
 import pytest
 
 from labctl import capacity
+from labctl.bench.scale import scale_topology
 from labctl.capacity import CapacityError, Demand, Limits
 from labctl.modes import get_mode
 from labctl.topology import load_topology, parse_topology
 
 ROOMY = Limits(neighbours=1024, memory_mb=24_000, fds=1024)
-
-
-def flat(nodes: int, pods_per_node: int = 1) -> dict[str, object]:
-    """`nodes` nodes on one segment, `pods_per_node` pods each."""
-    return {
-        "name": "flat",
-        "segments": {"lan1": {"cidr": "10.0.0.0/16"}},
-        "nodes": {
-            f"n{i}": {"segment": "lan1", "ip": f"10.0.{i // 200}.{i % 200 + 10}"}
-            for i in range(nodes)
-        },
-        "pods": [
-            {"name": f"p{i}-{j}", "node": f"n{i}"}
-            for i in range(nodes)
-            for j in range(pods_per_node)
-        ],
-    }
 
 
 def test_demand_of_the_default_topology() -> None:
@@ -47,12 +31,14 @@ def test_flannel_counts_etcd_and_an_agent_per_node() -> None:
 
 def test_a_segment_too_big_for_the_neighbour_table_is_refused() -> None:
     # 33 nodes on one segment: 33*32 = 1056 entries > 1024, the kernel's default cap.
-    need = capacity.demand(get_mode("calico-bgp").plan(parse_topology(flat(33))))
+    need = capacity.demand(get_mode("calico-bgp").plan(parse_topology(scale_topology(33, 1))))
     assert need.neighbours == 33 * 32 + 2 * 33
     with pytest.raises(CapacityError, match=r"gc_thresh3 is 1024: raise it on the host"):
         capacity.check(need, ROOMY)
     # Negative: 31 nodes fit.
-    capacity.check(capacity.demand(get_mode("calico-bgp").plan(parse_topology(flat(31)))), ROOMY)
+    capacity.check(
+        capacity.demand(get_mode("calico-bgp").plan(parse_topology(scale_topology(31, 1)))), ROOMY
+    )
 
 
 @pytest.mark.parametrize(
@@ -94,7 +80,7 @@ def test_entries_already_in_the_shared_table_count() -> None:
 
 def test_pods_behind_a_bridge_resolve_each_other() -> None:
     """flannel's cni0 is an L2 segment of the node's pods; Calico's /32 pods are not."""
-    topo = parse_topology(flat(20, 10))
+    topo = parse_topology(scale_topology(20, 10))
     bridged = capacity.demand(get_mode("flannel-vxlan").plan(topo)).neighbours
     routed = capacity.demand(get_mode("calico-vxlan").plan(topo)).neighbours
     assert routed == 20 * 19 + 2 * 200
