@@ -74,7 +74,20 @@ def probe(
     timeout: float = 2.0,
     expect: Mapping[tuple[str, str], bool] | None = None,
 ) -> list[Result]:
-    """Probe every ordered pod pair (pods never probe themselves), one source pod at a time.
+    """Probe every ordered pod pair (pods never probe themselves); see probe_pairs."""
+    all_pairs = [(s, d) for s in pods for d in pods if s.key != d.key]
+    return probe_pairs(all_pairs, pids, protocol, port, timeout, expect)
+
+
+def probe_pairs(
+    all_pairs: Sequence[tuple[PodRecord, PodRecord]],
+    pids: dict[str, int],
+    protocol: str = "tcp",
+    port: int | None = None,
+    timeout: float = 2.0,
+    expect: Mapping[tuple[str, str], bool] | None = None,
+) -> list[Result]:
+    """Probe each ordered pod pair of `all_pairs`, in concurrent batches.
 
     Pairs that timed out get one more try, unless `expect` says policy blocks them (a blocked
     probe gives up after one `timeout`). If the host's shared ARP table overflows, the
@@ -83,10 +96,9 @@ def probe(
     """
     _raise_fd_limit()
     results: dict[tuple[str, str], Result] = {}
-    all_pairs = [(s, d) for s in pods for d in pods if s.key != d.key]
     fulls = arp_table_fulls()
 
-    def run(pairs: list[tuple[PodRecord, PodRecord]]) -> bool:
+    def run(pairs: Sequence[tuple[PodRecord, PodRecord]]) -> bool:
         for i in range(0, len(pairs), BATCH):
             for r in _batch(pids, pairs[i : i + BATCH], port, timeout, protocol):
                 results[(r.src, r.dst)] = r
@@ -116,7 +128,7 @@ def _target(dst: PodRecord, port: int | None, protocol: str) -> tuple[str, int]:
 
 def _batch(
     pids: dict[str, int],
-    pairs: list[tuple[PodRecord, PodRecord]],
+    pairs: Sequence[tuple[PodRecord, PodRecord]],
     port: int | None,
     timeout: float,
     protocol: str,

@@ -11,13 +11,14 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
 from labctl import checker, checks, oracle, state, store
+from labctl import pairs as pair_choice
 from labctl.capture import CAPTURE_ROOT, Capture
 from labctl.checks.nat import outgoing_nat_checks
 from labctl.controlplane.dynamics import leftovers
@@ -25,7 +26,7 @@ from labctl.modes import get_mode
 from labctl.nsutil import in_netns, nsenter_argv
 from labctl.plan import UNDERLAY_IF, PodLike
 from labctl.policy import checks as policy_checks
-from labctl.probe import Result, arp_table_fulls, probe
+from labctl.probe import Result, arp_table_fulls, probe_pairs
 from labctl.services.checks import (
     cluster_ip_wire_check,
     isolated_endpoints,
@@ -51,6 +52,8 @@ class Report:
     checks: list[CheckResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # Per protocol: ordered pod pairs probed, and how many the lab has.
+    pairs: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def add(self, result: CheckResult) -> None:
         """Record one check; the report passes only if every check does."""
@@ -138,24 +141,24 @@ def mtu_verdict(
 
 
 def mtu_checks(
-    pods: list[PodRecord],
+    pairs: Sequence[tuple[PodRecord, PodRecord]],
     mode: str,
     topo: Topology,
     pids: dict[str, int],
     icmp_allowed: dict[tuple[str, str], bool] | None = None,
 ) -> list[CheckResult]:
-    """Per ordered node pair: a DF ping of exactly the oracle's pod MTU passes, one byte
-    more fails, and the source pod's eth0 has that MTU (between the first pod pair of those
-    nodes whose ICMP policy allows)."""
-    ip_of = {p.key: p.ip for p in pods}
-    node_of = {p.key: p.node for p in pods}
-    mtu_of = {p.key: oracle.node_pod_mtu(mode, topo, p.node) for p in pods}
+    """Per ordered node pair that `pairs` cross: a DF ping of exactly the oracle's pod MTU
+    passes, one byte more fails, and the source pod's eth0 has that MTU (between the first
+    of those pod pairs whose ICMP policy allows)."""
+    pods = {p.key: p for pair in pairs for p in pair}
+    ip_of = {k: p.ip for k, p in pods.items()}
+    node_of = {k: p.node for k, p in pods.items()}
+    mtu_of = {k: oracle.node_pod_mtu(mode, topo, p.node) for k, p in pods.items()}
     chosen: dict[tuple[str, str], tuple[str, str]] = {}
-    for a in pods:
-        for b in pods:
-            if a.node == b.node or (icmp_allowed and not icmp_allowed[(a.key, b.key)]):
-                continue
-            chosen.setdefault((a.node, b.node), (a.key, b.key))
+    for a, b in pairs:
+        if a.node == b.node or (icmp_allowed and not icmp_allowed[(a.key, b.key)]):
+            continue
+        chosen.setdefault((a.node, b.node), (a.key, b.key))
     jobs = [
         (src, dst, size) for src, dst in chosen.values() for size in (mtu_of[src], mtu_of[src] + 1)
     ]
@@ -184,35 +187,56 @@ def mtu_checks(
 
 
 def oracle_flows(
-    pods: Sequence[PodLike], mode: str, topo: Topology, node_macs: dict[str, str]
+    pods: Sequence[PodLike],
+    mode: str,
+    topo: Topology,
+    node_macs: dict[str, str],
+    pairs: Iterable[tuple[PodLike, PodLike]] | None = None,
 ) -> list[Flow]:
-    """One Flow per ordered pair of `pods` on different nodes, carried as the oracle says:
-    encapsulated between the two nodes' underlay addresses, or bare (to the peer node's
-    MAC, `node_macs`, where the oracle names it as the next hop)."""
-    paths = oracle.paths(mode, topo)
+    """One Flow per ordered pair of `pods` (or per pair of `pairs`) on different nodes,
+    carried as the oracle says: encapsulated between the two nodes' underlay addresses, or
+    bare (to the peer node's MAC, `node_macs`, where the oracle names it as the next hop)."""
+    if pairs is None:
+        pairs = ((s, d) for s in pods for d in pods)
+    paths: dict[tuple[str, str], oracle.Path] = {}
     out = []
-    for src in pods:
-        for dst in pods:
-            if src.node == dst.node:
-                continue
-            path = paths[(src.node, dst.node)]
-            out.append(
-                Flow(
-                    src_pod=src.key,
-                    dst_pod=dst.key,
-                    src_pod_ip=src.ip,
-                    dst_pod_ip=dst.ip,
-                    src_node=src.node,
-                    dst_node=dst.node,
-                    src_node_ip=str(topo.nodes[src.node].ip),
-                    dst_node_ip=str(topo.nodes[dst.node].ip),
-                    encap=path.carrier.encap,
-                    port=path.carrier.port,
-                    vni=path.carrier.vni,
-                    next_hop_mac=None if path.next_hop is None else node_macs[path.next_hop],
-                )
+    for src, dst in pairs:
+        if src.node == dst.node:
+            continue
+        key = (src.node, dst.node)
+        path = paths.get(key) or paths.setdefault(key, oracle.path(mode, topo, *key))
+        out.append(
+            Flow(
+                src_pod=src.key,
+                dst_pod=dst.key,
+                src_pod_ip=src.ip,
+                dst_pod_ip=dst.ip,
+                src_node=src.node,
+                dst_node=dst.node,
+                src_node_ip=str(topo.nodes[src.node].ip),
+                dst_node_ip=str(topo.nodes[dst.node].ip),
+                encap=path.carrier.encap,
+                port=path.carrier.port,
+                vni=path.carrier.vni,
+                next_hop_mac=None if path.next_hop is None else node_macs[path.next_hop],
             )
+        )
     return out
+
+
+def seen_pairs(
+    indexes: Iterable[checker.CaptureIndex], pods: Sequence[PodLike]
+) -> list[tuple[PodLike, PodLike]]:
+    """The ordered pod pairs whose packets some capture holds (probes, and service clients
+    reaching their backends): what the leak check may accept, found in the traffic rather
+    than by listing every pair."""
+    by_ip = {p.ip: p for p in pods}
+    found: dict[tuple[str, str], tuple[PodLike, PodLike]] = {}
+    for index in indexes:
+        for a, b in index.pairs:
+            if a in by_ip and b in by_ip:
+                found.setdefault((a, b), (by_ip[a], by_ip[b]))
+    return list(found.values())
 
 
 def oracle_wire_specs(mode: str) -> list[WireSpec]:
@@ -222,6 +246,7 @@ def oracle_wire_specs(mode: str) -> list[WireSpec]:
 
 def wire_checks(
     flows: list[Flow],
+    indexes: dict[str, checker.CaptureIndex],
     pcaps: dict[str, Path],
     pod_cidr: IPv4Network,
     all_flows: list[Flow] | None = None,
@@ -233,7 +258,7 @@ def wire_checks(
     for f in flows:
         by_node.setdefault(f.src_node, []).append(f)
     for node, path in pcaps.items():
-        index = checker.index_pcap(path)
+        index = indexes[node]
         per_peer: dict[str, list[tuple[Flow, CheckResult]]] = {}
         node_flows = by_node.get(node, [])
         for flow, result in zip(
@@ -285,8 +310,9 @@ def neighbour_check(before: int | None, after: int | None, failures: int) -> Che
     )
 
 
-def verify(lab: str, with_mtu: bool = True) -> Report:
-    """Run the whole verification of a lab that is up, from its recorded plan and objects."""
+def verify(lab: str, with_mtu: bool = True, how: pair_choice.How = "auto") -> Report:
+    """Run the whole verification of a lab that is up, from its recorded plan and objects.
+    `how`: probe every pod pair, a covering sample (labctl.pairs), or decide by size."""
     started = time.monotonic()
     st = state.load(lab)
     topo = load_topology(st.topology)
@@ -297,25 +323,35 @@ def verify(lab: str, with_mtu: bool = True) -> Report:
     pids = {name: rec.pid for name, rec in st.namespaces.items()}
     report = Report(lab=lab, mode=st.mode, notes=list(st.notes))
     report.notes += leftovers(plan, {n: r.pid for n, r in st.namespaces.items()}, st.mode)
+    policies = objects.policies() if mode.enforces_policy else []
+    # A pod answers only the protocols it declares ports for (topology pods: both on 80).
+    chosen = {
+        proto: pair_choice.select(
+            [p for p in pods if any(x.protocol == proto.upper() for x in p.ports)],
+            topo,
+            policies,
+            how,
+        )
+        for proto in ("tcp", "udp")
+    }
+    report.notes += [chosen[p].note(p.upper()) for p in ("tcp", "udp") if chosen[p].total]
+    report.pairs = {p: (len(sel.pairs), sel.total) for p, sel in chosen.items()}
     expect = {
-        proto: policy_checks.expected(objects, mode.enforces_policy, proto, None)
-        for proto in ("tcp", "udp", "icmp")
+        proto: policy_checks.expected(objects, mode.enforces_policy, proto, None, sel.pairs)
+        for proto, sel in chosen.items()
     }
     outdir = CAPTURE_ROOT / lab / st.mode
     cap = Capture(lab)
     nodes = [n.name for n in plan.node_ns()]
     cap.start({n: (pids[n], UNDERLAY_IF) for n in nodes}, outdir)
     fulls_before = arp_table_fulls()
-    # A pod answers only the protocols it declares ports for (topology pods: both on 80).
-    probed = {
-        proto: [p for p in pods if any(x.protocol == proto.upper() for x in p.ports)]
-        for proto in ("tcp", "udp")
-    }
     infos = objects.pod_infos()
     services = list(objects.services.values())
     allowed = policy_allows(objects, mode.enforces_policy)
     try:
-        by_proto = {p: probe(probed[p], pids, p, expect=expect[p]) for p in ("tcp", "udp")}
+        by_proto = {
+            p: probe_pairs(chosen[p].pairs, pids, p, expect=expect[p]) for p in ("tcp", "udp")
+        }
         # Pod clients only while capturing: their DNATed packets are pod-to-pod flows.
         svc_checks = service_checks(services, infos, pids, topo, allowed, externals=False)
     finally:
@@ -341,12 +377,19 @@ def verify(lab: str, with_mtu: bool = True) -> Report:
             if proto == "udp":
                 c.name = c.name.replace("connectivity", "connectivity udp")
             report.add(c)
-    # Pairs a policy blocks send nothing back: the wire is checked where both protocols pass.
-    open_pairs = {k for k, ok in expect["tcp"].items() if ok and expect["udp"].get(k, True)}
+    # Pairs a policy blocks send nothing back: the wire is checked where every protocol that
+    # probed the pair passes.
+    probed: dict[tuple[str, str], tuple[PodRecord, PodRecord]] = {}
+    for sel in chosen.values():
+        probed.update({(s.key, d.key): (s, d) for s, d in sel.pairs})
+    open_pairs = [
+        pair for k, pair in probed.items() if all(e.get(k, True) for e in expect.values())
+    ]
     node_macs = {n: link_info(pids[n], UNDERLAY_IF)[0] for n in nodes}
-    all_flows = oracle_flows(pods, st.mode, topo, node_macs)
-    flows = [f for f in all_flows if (f.src_pod, f.dst_pod) in open_pairs]
-    for c in wire_checks(flows, pcaps, topo.cluster.podCIDR, all_flows=all_flows):
+    indexes = {node: checker.index_pcap(path) for node, path in pcaps.items()}
+    flows = oracle_flows(pods, st.mode, topo, node_macs, open_pairs)
+    seen = oracle_flows(pods, st.mode, topo, node_macs, seen_pairs(indexes.values(), pods))
+    for c in wire_checks(flows, indexes, pcaps, topo.cluster.podCIDR, all_flows=seen):
         report.add(c)
     for c in svc_checks:
         report.add(c)
@@ -354,7 +397,6 @@ def verify(lab: str, with_mtu: bool = True) -> Report:
         backends = {
             ep.address for s in compute_slices(services, infos).values() for ep in s.endpoints
         }
-        indexes = {node: checker.index_pcap(path) for node, path in pcaps.items()}
         report.add(cluster_ip_wire_check(indexes, topo.cluster.serviceCIDR, backends))
     for c in checks.run(mode.checks, topo, plan, pids):
         report.add(c)
@@ -367,7 +409,9 @@ def verify(lab: str, with_mtu: bool = True) -> Report:
         # The kernel drops for want of ARP entries: an MTU verdict would only repeat that.
         report.notes.append("MTU checks skipped: the host's ARP table overflowed")
     elif with_mtu and len({p.node for p in pods}) > 1:
-        for c in mtu_checks(pods, st.mode, topo, pids, expect["icmp"]):
+        mtu_pairs = chosen["tcp"].pairs
+        icmp = policy_checks.expected(objects, mode.enforces_policy, "icmp", None, mtu_pairs)
+        for c in mtu_checks(mtu_pairs, st.mode, topo, pids, icmp):
             report.add(c)
     report.seconds = round(time.monotonic() - started, 3)
     return report

@@ -147,6 +147,9 @@ def live_row(
                 up=round(t1 - t0, 2),
                 converge=round(t1 - bgp_from, 2),
                 verify=round(t2 - t1, 2),
+                # TCP pod pairs verify probed, of all ordered pairs (it samples large labs).
+                pairsProbed=report.pairs["tcp"][0],
+                pairs=report.pairs["tcp"][1],
                 verified=report.passed,
                 failed=[f"{c.name}: {c.detail}" for c in report.checks if not c.passed][:5],
             )

@@ -224,6 +224,7 @@ def _scale(lab: str, sizes: list[int], pods_per_node: int, output: str) -> None:
     t = Table(title=f"live calico-bgp labs, {pods_per_node} pod(s) per node (seconds)")
     for col in ("design", "nodes", "BGP sessions", "up", "of which BGP", "verify", "down"):
         t.add_column(col)
+    t.add_column("pairs probed")
     t.add_column("verified")
     for r in result["live"]:
         if r.get("refused"):
@@ -232,6 +233,7 @@ def _scale(lab: str, sizes: list[int], pods_per_node: int, output: str) -> None:
         t.add_row(
             *(str(r[k]) for k in ("design", "nodes", "bgpSessions", "up", "converge", "verify")),
             str(r["down"]),
+            f"{r['pairsProbed']}/{r['pairs']}",
             "yes" if r["verified"] else "[red]no[/red]",
         )
     out.print(t)

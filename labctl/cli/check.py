@@ -14,6 +14,7 @@ from rich.table import Table
 from labctl import lifecycle, state, store
 from labctl.cli.common import NAME, OUTPUT, emit_json, guarded, out
 from labctl.modes import get_mode
+from labctl.pairs import ALL_PAIRS_UP_TO, How
 from labctl.state import LabError
 
 
@@ -44,6 +45,16 @@ def _check_pod_cidr(value: str) -> None:
     help="With --pcap: the cluster's pod CIDR.",
 )
 @click.option("--no-mtu", is_flag=True, help="Skip the MTU checks.")
+@click.option(
+    "--pairs",
+    "how",
+    type=click.Choice(["auto", "all", "sample"]),
+    default="auto",
+    show_default=True,
+    help="Pod pairs to probe: all, a covering sample (every pod both ways, a ring of nodes, "
+    "every segment pair and policy class pair), or auto: all up to "
+    f"{ALL_PAIRS_UP_TO} pairs, else the sample.",
+)
 @guarded
 def verify(
     lab: str | None,
@@ -52,8 +63,9 @@ def verify(
     pcap_mode: str | None,
     pod_cidr: str,
     no_mtu: bool,
+    how: How,
 ) -> None:
-    """Probe every pod pair, capture the underlay and check the wire against the mode."""
+    """Probe pod pairs, capture the underlay and check the wire against the mode."""
     from labctl import verify as verify_mod
 
     if pcap is not None:
@@ -65,7 +77,7 @@ def verify(
         lifecycle.check_environment()
         name = state.resolve(lab)
         with out.status(f"verifying {name}") if output != "json" else nullcontext():
-            report = verify_mod.verify(name, with_mtu=not no_mtu)
+            report = verify_mod.verify(name, with_mtu=not no_mtu, how=how)
     if output == "json":
         emit_json(report.to_dict())
     else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -15,7 +15,7 @@ from labctl.nsutil import nsenter_argv
 from labctl.policy.compile import TABLE, NodeRuleset, compile_all
 from labctl.policy.evaluate import allowed
 from labctl.probe import Result, default_port
-from labctl.store import Store
+from labctl.store import PodRecord, Store
 from labctl.wire import CheckResult
 
 if TYPE_CHECKING:
@@ -28,31 +28,37 @@ SHOWN = 3
 PARALLEL = 16
 
 
-def expected(store: Store, enforced: bool, protocol: str, port: int | None) -> dict[Pair, bool]:
-    """Per ordered pod pair: does Kubernetes allow a `protocol` connection to `port` (default:
-    the destination's first port of that protocol)? All True where nothing enforces policy."""
+def expected(
+    store: Store,
+    enforced: bool,
+    protocol: str,
+    port: int | None,
+    pairs: Iterable[tuple[PodRecord, PodRecord]] | None = None,
+) -> dict[Pair, bool]:
+    """Per ordered pod pair (every pair, or `pairs`): does Kubernetes allow a `protocol`
+    connection to `port` (default: the destination's first port of that protocol)? All True
+    where nothing enforces policy."""
     policies = store.policies()
     namespaces = store.namespace_labels()
     pods = list(store.pods.values())
     infos = {p.key: p.info() for p in pods}
     proto = protocol.upper()
     out: dict[Pair, bool] = {}
-    for src in pods:
-        for dst in pods:
-            if src.key == dst.key:
-                continue
-            if not enforced or not policies:
-                out[(src.key, dst.key)] = True
-                continue
-            dport = 0 if proto == "ICMP" else (port or default_port(dst, protocol))
-            out[(src.key, dst.key)] = allowed(
-                policies,
-                namespaces,
-                infos[src.key],
-                infos[dst.key],
-                dport,
-                proto,  # type: ignore[arg-type]
-            )
+    if pairs is None:
+        pairs = ((s, d) for s in pods for d in pods if s.key != d.key)
+    for src, dst in pairs:
+        if not enforced or not policies:
+            out[(src.key, dst.key)] = True
+            continue
+        dport = 0 if proto == "ICMP" else (port or default_port(dst, protocol))
+        out[(src.key, dst.key)] = allowed(
+            policies,
+            namespaces,
+            infos[src.key],
+            infos[dst.key],
+            dport,
+            proto,  # type: ignore[arg-type]
+        )
     return out
 
 

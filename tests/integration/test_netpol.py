@@ -128,6 +128,33 @@ def test_verify_notices_a_tampered_policy_table(xyz_lab: str) -> None:
     assert report["passed"], [c for c in report["checks"] if not c["passed"]]
 
 
+def test_sampled_verify_holds_and_catches_a_tampered_chain(xyz_lab: str) -> None:
+    """`verify --pairs sample` probes a covering sample (every pod both ways, every policy
+    class pair): with x isolated it passes, and it still catches one pod's emptied ingress
+    chain by probing, not only by the table check."""
+    topo = load_topology("netpol-xyz")
+    apiserver.reset(run_name(xyz_lab), topo)
+    try:
+        labctl("apply", "-n", xyz_lab, "-f", "-", stdin=DENY_INGRESS_X)
+        report = labctl_json("verify", "-n", xyz_lab, "--no-mtu", "--pairs", "sample")
+        assert report["passed"], [c for c in report["checks"] if not c["passed"]]
+        (note,) = [n for n in report["notes"] if n.startswith("TCP: probed")]
+        assert "covering sample" in note and "policy class pairs" in note, note
+        target = store.load(run_name(xyz_lab)).pods["x/a"]
+        chain = endpoint_chain(target.iface, "ingress")
+        labctl(
+            "exec", "-n", xyz_lab, target.node, "--", "nft", "flush", "chain", "ip", TABLE, chain
+        )
+        report = labctl_json("verify", "-n", xyz_lab, "--no-mtu", "--pairs", "sample", check=1)
+        bad = [c for c in report["checks"] if not c["passed"]]
+        assert any(
+            c["name"].startswith("connectivity") and "x/a: answered although" in c["detail"]
+            for c in bad
+        ), bad
+    finally:
+        apiserver.reset(run_name(xyz_lab), topo)
+
+
 @pytest.fixture(scope="module", params=(*ENFORCING, "flannel-vxlan"))
 def seed_lab(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     name = f"seed-{request.param.split('-')[0]}"
