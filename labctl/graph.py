@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from labctl.modes import get_mode
-from labctl.plan import Plan, PodLike
+from labctl.plan import Plan
 from labctl.render import render
 from labctl.topology import Topology
+from labctl.wire import PodLike
 
 Overlay = Literal["tunnels", "bgp", "none"]
 OVERLAYS: tuple[Overlay, ...] = ("tunnels", "bgp", "none")

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 
 from labctl.bgp import BgpSpeaker
 from labctl.topology import Topology
-from labctl.wire import Flow, WireSpec
+from labctl.wire import Flow, PodLike, WireSpec, flow_between
 
 # external: a host outside the cluster (topology `externals:`), one underlay port.
 Role = Literal["node", "pod", "router", "external"]
@@ -310,29 +310,10 @@ def path_classes(encap_for: Callable[[bool], dict[str, Any]]) -> dict[str, dict[
 def flows_for(pods: Sequence[PodLike], plan: Plan, topo: Topology) -> list[Flow]:
     """One Flow per ordered pair of `pods` on different nodes (the pods live now, whenever
     they were created), carried as the plan's node paths say."""
+    ip = {name: str(n.ip) for name, n in topo.nodes.items()}
     return [
-        Flow(
-            src_pod=src.key,
-            dst_pod=dst.key,
-            src_pod_ip=src.ip,
-            dst_pod_ip=dst.ip,
-            src_node=src.node,
-            dst_node=dst.node,
-            src_node_ip=str(topo.nodes[src.node].ip),
-            dst_node_ip=str(topo.nodes[dst.node].ip),
-            **plan.path(src.node, dst.node),
-        )
+        flow_between(src, dst, ip[src.node], ip[dst.node], **plan.path(src.node, dst.node))
         for src in pods
         for dst in pods
         if src.node != dst.node
     ]
-
-
-class PodLike(Protocol):
-    """A live pod as flows need it (store.PodRecord)."""
-
-    @property
-    def key(self) -> str: ...
-
-    ip: str
-    node: str

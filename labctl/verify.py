@@ -24,7 +24,7 @@ from labctl.checks.nat import outgoing_nat_checks
 from labctl.controlplane.dynamics import leftovers
 from labctl.modes import get_mode
 from labctl.nsutil import in_netns, nsenter_argv
-from labctl.plan import UNDERLAY_IF, PodLike
+from labctl.plan import UNDERLAY_IF
 from labctl.policy import checks as policy_checks
 from labctl.probe import Result, arp_table_fulls, probe_pairs
 from labctl.services.checks import (
@@ -36,7 +36,7 @@ from labctl.services.checks import (
 from labctl.services.endpoints import compute_slices
 from labctl.store import PodRecord
 from labctl.topology import Topology, load_topology
-from labctl.wire import CheckResult, Flow, WireSpec
+from labctl.wire import CheckResult, Flow, PodLike, WireSpec, flow_between
 
 MAX_PINGS = 64  # ping processes at once: a 20-node lab has 760 MTU probes
 POD_IF = "eth0"
@@ -206,15 +206,11 @@ def oracle_flows(
         key = (src.node, dst.node)
         path = paths.get(key) or paths.setdefault(key, oracle.path(mode, topo, *key))
         out.append(
-            Flow(
-                src_pod=src.key,
-                dst_pod=dst.key,
-                src_pod_ip=src.ip,
-                dst_pod_ip=dst.ip,
-                src_node=src.node,
-                dst_node=dst.node,
-                src_node_ip=str(topo.nodes[src.node].ip),
-                dst_node_ip=str(topo.nodes[dst.node].ip),
+            flow_between(
+                src,
+                dst,
+                str(topo.nodes[src.node].ip),
+                str(topo.nodes[dst.node].ip),
                 encap=path.carrier.encap,
                 port=path.carrier.port,
                 vni=path.carrier.vni,

@@ -5,7 +5,7 @@ planning layer can use them without importing the capture machinery."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 Encap = Literal["vxlan", "bare", "udp", "ipip"]
 
@@ -28,6 +28,34 @@ class Flow:
     # bare only: expected Ethernet dst of frames the sending node puts on its underlay
     # (host-gw: the peer node's MAC); None = don't check.
     next_hop_mac: str | None = None
+
+
+class PodLike(Protocol):
+    """A live pod as flows need it (store.PodRecord)."""
+
+    @property
+    def key(self) -> str: ...
+
+    ip: str
+    node: str
+
+
+def flow_between(
+    src: PodLike, dst: PodLike, src_node_ip: str, dst_node_ip: str, **how: Any
+) -> Flow:
+    """The Flow from pod `src` to pod `dst` between their nodes' underlay addresses,
+    carried as `how` says (encap, port, vni, next_hop_mac)."""
+    return Flow(
+        src_pod=src.key,
+        dst_pod=dst.key,
+        src_pod_ip=src.ip,
+        dst_pod_ip=dst.ip,
+        src_node=src.node,
+        dst_node=dst.node,
+        src_node_ip=src_node_ip,
+        dst_node_ip=dst_node_ip,
+        **how,
+    )
 
 
 @dataclass
