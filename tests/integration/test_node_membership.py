@@ -212,8 +212,8 @@ def test_bgp_client_leaves(bgp: str) -> None:
         # The agents' own per-peer routes, as vxlan above: the routes are the proof.
         ("flannel-host-gw", False),
         ("flannel-vxlan-directrouting", False),
-        # Peer tables in userspace and BPF datapaths re-read on SIGHUP: proved by traffic
-        # (probe: verify's wire checks of these datapaths are test_flannel_backends.py's).
+        # Peer tables in userspace and BPF datapaths re-read on SIGHUP: proved by traffic,
+        # a full verify (probes and the wire) with a pod on the new node.
         ("flannel-udp", True),
         ("flannel-ipip", True),
     ],
@@ -229,9 +229,10 @@ def test_flannel_backend_join_and_leave(lab: list[str], mode: str, traffic: bool
     else:
         assert "10.1.0.0/24 via 192.168.0.50" in _routes("nm-fl", "host1")
     if traffic:
+        # verify: the probe matrix, and on the wire the new node's traffic in flannel's
+        # encapsulation (UDP 8285 / IPIP) both ways.
         labctl("apply", "-n", "nm-fl", "-f", "-", stdin=POD.format(node="host3"))
-        matrix = labctl_json("probe", "-n", "nm-fl")["matrix"]
-        assert len(matrix) == 3 and all(all(row.values()) for row in matrix.values()), matrix
+        _verified("nm-fl", "host3")
     labctl("node", "remove", "-n", "nm-fl", "host3", "--force")
     assert "10.1.0.0-24" not in _leases("nm-fl")
     for node in ("host1", "host2"):
