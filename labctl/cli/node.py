@@ -22,8 +22,8 @@ def _lab_with_node(lab: str | None, node: str) -> str:
 
 @click.group()
 def node() -> None:
-    """Nodes of a running lab: add and remove them live (flannel modes and calico-bgp), freeze
-    and thaw their control plane (stop, start)."""
+    """Nodes of a running lab: add and remove them live (every mode), freeze and thaw their
+    control plane (stop, start)."""
 
 
 @node.command()
@@ -42,10 +42,12 @@ def add(
     lab: str | None, output: str, name: str, segment: str, ip: str, pod_cidr: str | None
 ) -> None:
     """Join node NAME to the running lab: its namespace, its link to SEGMENT, its share of the
-    plan and its daemons. Flannel: its agent takes a subnet lease and the other agents program
-    it from their lease watch; calico-bgp: its FRR peers with the mesh or route reflectors and
-    the others gain it as a neighbour. Returns once every other node has its routes; new
-    Deployment pods may land on it."""
+    plan and its daemons. Flannel and canal: its agent takes a subnet lease and the other
+    agents program it from their lease watch; calico-ipip/-vxlan: its calico-node writes its
+    Node record and claims its block, and the other calico-nodes program its route and VTEP;
+    calico-bgp: its FRR peers with the mesh or route reflectors and the others gain it as a
+    neighbour. Returns once every other node has its routes; new Deployment pods may land on
+    it."""
     from labctl import apiserver
 
     reply = apiserver.add_node(state.resolve(lab), name, segment, ip, pod_cidr)
@@ -74,9 +76,9 @@ def add(
 def remove(lab: str | None, output: str, name: str, force: bool) -> None:
     """Drain node NAME and remove it, as kubectl drain and kubectl delete node: its Deployment
     pods are replaced on the other nodes, bare pods refuse the drain unless --force deletes
-    them; then its daemons stop, its lease is deleted (flannel) or its BGP sessions close
-    (calico-bgp), the others drop its routes, and its namespace goes. The last node and the
-    only route reflector are refused."""
+    them; then its daemons stop, its lease (flannel, canal) or its Node, block and affinity
+    records (Calico) are deleted and its BGP sessions close, the others drop its routes and
+    VTEP, and its namespace goes. The last node and the only route reflector are refused."""
     from labctl import apiserver
 
     outcome, reply = apiserver.remove_node(state.resolve(lab), name, force)

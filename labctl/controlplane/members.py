@@ -3,11 +3,12 @@ new node validated as the topology loader validates one, the topology as it beco
 re-plan: what the joining or leaving node changes in the lab's recorded plan.
 
 The same planner `up` uses plans the lab before and after the change; a node's share of the
-difference must be something a running cluster's agents follow on their own (flannel: the
-per-peer routes, neighbours and FDB entries the agents program from the leases, the peer
-tables of the userspace and BPF datapaths; Calico: BGP neighbours, as confd re-renders BIRD's
-config). Anything else would need the lab rebuilt, and the change is refused before anything
-is touched.
+difference must be something a running cluster's agents follow on their own (flannel and
+canal: the per-peer routes, neighbours and FDB entries the agents program from the leases;
+Calico: the VTEPs and block routes calico-node programs from the Node and block records, and
+BGP neighbours, as confd re-renders BIRD's config; both: the peer tables of the userspace and
+BPF datapaths). Anything else would need the lab rebuilt, and the change is refused before
+anything is touched.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from typing import Any
 import yaml
 
 from labctl.bgp import BgpSpeaker
+from labctl.controlplane.supervise import AGENT as FLANNEL_AGENT
 from labctl.errors import LabctlError
 from labctl.modes import Mode
 from labctl.plan import Daemon, NamespacePlan, Plan
 from labctl.topology import DNS1123_LABEL, Topology, TopologyError, parse_topology
 
-#: Modes whose node changes the lab follows live, and why the others refuse.
+#: Modes whose node changes the lab follows live (every mode labctl has), and why others
+#: would refuse.
 LIVE_MODES = (
     "flannel-vxlan",
     "flannel-vxlan-directrouting",
@@ -34,18 +37,13 @@ LIVE_MODES = (
     "flannel-udp",
     "flannel-ipip",
     "calico-bgp",
+    "calico-ipip",
+    "calico-ipip-crosssubnet",
+    "calico-vxlan",
+    "calico-vxlan-crosssubnet",
+    "canal",
 )
-_FELIX = (
-    "a joining node's calico-node would claim its block and the others' Felix part follow, "
-    "but labctl does not test that live yet; use calico-bgp or a flannel mode"
-)
-NOT_LIVE = {
-    "calico-ipip": _FELIX,
-    "calico-ipip-crosssubnet": _FELIX,
-    "calico-vxlan": _FELIX,
-    "calico-vxlan-crosssubnet": _FELIX,
-    "canal": "its Felix policy part is not exercised live here; use flannel-vxlan",
-}
+NOT_LIVE: dict[str, str] = {}
 HEADER = (
     "# The lab's topology as it is now: recorded by labctl node add/remove (every node's pod\n"
     "# CIDR written out, so that a node leaving never moves another node's subnet).\n"
@@ -56,6 +54,22 @@ class NodeChangeError(ValueError, LabctlError):
     """A node add/remove the lab refuses (bad input, unsupported mode); exit 2."""
 
     exit_code = 2
+
+
+def mechanism(plan: Plan) -> str:
+    """What makes the other nodes follow a node joining or leaving a lab of `plan`: flannel's
+    lease watch (canal too: its routes are flanneld's), BGP where the speakers install the
+    routes (calico-bgp), else the calico-node agents' etcd watch, with BGP announcing the
+    blocks beside it in the IPIP modes (BIRD's part; the routes are Felix's)."""
+    kinds = {d.kind for ns in plan.node_ns() for d in ns.daemons}
+    speakers = [ns.bgp for ns in plan.node_ns() if ns.bgp is not None]
+    if FLANNEL_AGENT in kinds:
+        return "flannel lease watch"
+    if any(s.install_routes for s in speakers):
+        return "BGP"
+    if speakers:
+        return "calico-node watch; BGP announces"
+    return "calico-node watch"
 
 
 def check_mode(mode: str, verb: str) -> None:

@@ -3,16 +3,20 @@ asked over the control socket).
 
 A node joins as in a cluster: its namespace and its link to the segment's bridge appear,
 its share of the plan (made by the same planner as `up`, see members.py) is applied, its
-daemons start. Flannel: its agent takes a subnet lease in etcd, and the other agents program
-their routes, neighbours and FDB entries for it from their lease watch; the userspace and BPF
-datapaths re-read their peer tables (SIGHUP). calico-bgp: its FRR starts with its mesh or
-route-reflector peers, and every other speaker gains it as a neighbour (the re-rendered
-frr.conf written, the difference applied with vtysh, as confd re-renders BIRD's config).
+daemons start. Flannel (and canal): its agent takes a subnet lease in etcd, and the other
+agents program their routes, neighbours and FDB entries for it from their lease watch.
+calico-ipip/-vxlan (and CrossSubnet): its calico-node writes its Node record and claims its
+block, and the other calico-nodes program its VTEP and block route from their watch. The
+userspace and BPF datapaths re-read their peer tables (SIGHUP). calico-bgp, and the IPIP
+modes' announcing sessions: its FRR starts with its mesh or route-reflector peers, and every
+other speaker gains it as a neighbour (the re-rendered frr.conf written, the difference
+applied with vtysh, as confd re-renders BIRD's config).
 
 A node leaves the other way round (its pods were drained by the caller): its daemons stop;
-flannel: its lease is deleted and the other agents remove what they programmed for it as the
-watch reports the deletion; calico-bgp: its FRR stops (the sessions close, the peers withdraw
-its block), the peers drop the neighbour. Then its namespace goes.
+its lease (Calico: Node, block affinity and block records) is deleted and the other agents
+remove what they programmed for it as the watch reports the deletion; its FRR stops (the
+sessions close, the peers withdraw its block), the peers drop the neighbour. Then its
+namespace goes.
 
 Both record the lab's topology and plan as they become, so every later command sees the
 node, and say how long the other nodes took to follow.
@@ -111,7 +115,7 @@ class Membership:
             "peers": change.peers,
             "converged": round(joined, 3),
             "seconds": round(time.monotonic() - started, 3),
-            "by": _mechanism(change.plan),
+            "by": members.mechanism(change.plan),
         }
 
     def _bgp_join(self, speakers: dict[str, tuple[Any, Any]], name: str) -> None:
@@ -174,7 +178,7 @@ class Membership:
             "peers": change.peers,
             "converged": round(left, 3),
             "seconds": round(time.monotonic() - started, 3),
-            "by": _mechanism(change.plan),
+            "by": members.mechanism(change.plan),
         }
 
     def _leave(
@@ -291,12 +295,3 @@ def _daemon(plan: Plan, ns: str, kind: str) -> Daemon:
 def _waits_for(speaker: Any, ip: str) -> bool:
     """Whether `speaker` waits for the neighbour at `ip` to open the session."""
     return any(str(n.ip) == ip and n.passive for n in speaker.neighbors)
-
-
-def _mechanism(plan: Plan) -> str:
-    """What made the other nodes follow, for the reply."""
-    if any(ns.bgp for ns in plan.node_ns()):
-        return "BGP"
-    if any("subnet" in c for c in agent_configs(plan).values()):
-        return "flannel lease watch"
-    return "calico-node watch"
