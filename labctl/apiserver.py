@@ -377,7 +377,6 @@ def add_node(
     its share of the re-plan checked here, so bad input changes nothing (exit 2); then the
     supervisor builds and starts it and waits until the other nodes have its routes."""
     st, mode, topo, raw = _node_change(lab)
-    members.check_mode(st.mode, "node add")
     _, new = members.add_node(raw, topo, name, segment, ip, pod_cidr)
     members.replan(mode, st.datapath, state.read_plan(lab), topo, new)
     # Under the store's lock: no apply schedules or programs pods while the node joins.
@@ -398,7 +397,6 @@ def remove_node(lab: str, name: str, force: bool = False) -> tuple[Outcome, dict
     `force` (kubectl drain refuses them otherwise); then the supervisor stops the node, the
     others drop it, and it is removed."""
     st, mode, topo, raw = _node_change(lab)
-    members.check_mode(st.mode, "node remove")
     plan = state.read_plan(lab)
     _, new = members.remove_node(raw, topo, name, any(ns.bgp for ns in plan.node_ns()))
     members.replan(mode, st.datapath, plan, topo, new)

@@ -28,22 +28,6 @@ from labctl.modes import Mode
 from labctl.plan import Daemon, NamespacePlan, Plan
 from labctl.topology import DNS1123_LABEL, Topology, TopologyError, parse_topology
 
-#: Modes whose node changes the lab follows live (every mode labctl has), and why others
-#: would refuse.
-LIVE_MODES = (
-    "flannel-vxlan",
-    "flannel-vxlan-directrouting",
-    "flannel-host-gw",
-    "flannel-udp",
-    "flannel-ipip",
-    "calico-bgp",
-    "calico-ipip",
-    "calico-ipip-crosssubnet",
-    "calico-vxlan",
-    "calico-vxlan-crosssubnet",
-    "canal",
-)
-NOT_LIVE: dict[str, str] = {}
 HEADER = (
     "# The lab's topology as it is now: recorded by labctl node add/remove (every node's pod\n"
     "# CIDR written out, so that a node leaving never moves another node's subnet).\n"
@@ -70,13 +54,6 @@ def mechanism(plan: Plan) -> str:
     if speakers:
         return "calico-node watch; BGP announces"
     return "calico-node watch"
-
-
-def check_mode(mode: str, verb: str) -> None:
-    """Refuse `verb` (node add / node remove) in modes that cannot follow it live."""
-    if mode not in LIVE_MODES:
-        why = NOT_LIVE.get(mode, "not supported")
-        raise NodeChangeError(f"{verb}: not supported live in {mode}: {why}")
 
 
 def read_raw(path: str | Path) -> dict[str, Any]:

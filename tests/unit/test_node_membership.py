@@ -13,7 +13,7 @@ import pytest
 from labctl import frr
 from labctl.controlplane import members
 from labctl.controlplane.members import NodeChangeError
-from labctl.modes import MODES, Mode, get_mode
+from labctl.modes import Mode, get_mode
 from labctl.plan import Plan
 from labctl.topology import Topology, load_topology, parse_topology, resolve_path
 
@@ -111,15 +111,6 @@ def test_remove_refuses_the_last_node_the_only_reflector_and_a_routed_through_no
     with pytest.raises(NodeChangeError, match=r"externals\.laptop\.routes\[0\] routes via"):
         members.remove_node(raw, topo, "master", bgp=False)
     members.remove_node(raw, topo, "node1", bgp=False)
-
-
-def test_every_mode_follows_joins_and_leaves_live() -> None:
-    assert set(members.LIVE_MODES) == set(MODES) and not members.NOT_LIVE
-    for mode in MODES:
-        members.check_mode(mode, "node add")
-    # A mode not on the list (none is, today) is refused with the reason.
-    with pytest.raises(NodeChangeError, match="node add: not supported live in x: not supported"):
-        members.check_mode("x", "node add")
 
 
 @pytest.mark.parametrize(
