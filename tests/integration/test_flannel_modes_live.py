@@ -14,10 +14,9 @@ leaves flannel.1 behind, as flanneld does, and verify names it on each node. hos
 ipip labs have no flannel.1 (and the lab's agents do not make flannel0 or flannel.ipip): the
 switch is refused, with the reason, and nothing changes.
 
-flannel-udp programs no per-peer kernel route (one route into flannel0; the peers are in the
-proxy's table): a dead node is dropped by the other agents (their reports) and its lease is
-gone from etcd, while the proxy tables keep it (real flanneld's udp backend would delete the
-route from its proxy at the lease expiry; here only `node remove` rewrites those tables).
+flannel-udp programs no per-peer kernel route (one route into flannel0): the peers are in
+each node's proxy table, which the agent rewrites from the leases (SIGHUP), as flanneld's udp
+backend sets and deletes its proxy's routes.
 """
 
 from __future__ import annotations
@@ -96,11 +95,28 @@ def _wait(what: str, cond: object, timeout: float) -> float:
     return time.monotonic() - started
 
 
+def _proxy_table(lab: str, node: str) -> list[str]:
+    """The subnets in flannel-udp's proxy table on `node`."""
+    path = state.lab_dir(run_name(lab)) / "daemons" / f"{node}-udpproxy.json"
+    return [r["subnet"] for r in json.loads(path.read_text())["routes"]]
+
+
+def _programmed(lab: str, mode: str, node: str, cidr: str) -> tuple[bool, bool]:
+    """Whether `node` has the peer owning `cidr` in its agent's report, and in its kernel's
+    routes (flannel-udp: its proxy's table)."""
+    if mode == "flannel-udp":
+        datapath = cidr in _proxy_table(lab, node)
+    else:
+        datapath = _routed(lab, node, cidr)
+    return cidr in _peers(lab, node), datapath
+
+
 def _has(lab: str, mode: str, node: str, cidr: str) -> bool:
-    """`node` has programmed the peer owning `cidr`: in its agent's report and, where the
-    backend routes per peer, in its kernel."""
-    kernel = mode == "flannel-udp" or _routed(lab, node, cidr)
-    return cidr in _peers(lab, node) and kernel
+    return _programmed(lab, mode, node, cidr) == (True, True)
+
+
+def _dropped(lab: str, mode: str, node: str, cidr: str) -> bool:
+    return _programmed(lab, mode, node, cidr) == (False, False)
 
 
 def _verify(lab: str, check: bool | int = True) -> dict:
@@ -119,7 +135,7 @@ def test_dead_node_is_dropped_after_the_ttl_and_comes_back(live: tuple[str, str]
     # expiry, not the verb, is what removes it (no lower time bound: a renewal that a loaded
     # machine delayed lets the lease expire sooner after the freeze).
     _wait("node2's lease to expire", lambda: "10.244.2.0-24" not in _leases(lab), 3 * TTL)
-    _wait("the others to drop node2", lambda: not any(_has(lab, mode, n, NODE2) for n in OTHERS), 5)
+    _wait("the others to drop node2", lambda: all(_dropped(lab, mode, n, NODE2) for n in OTHERS), 5)
     assert time.monotonic() - t0 <= 3 * TTL
     # Negative: the check sees a live peer; node1 is still everywhere, node2 still has both.
     assert _has(lab, mode, "master", NODE1) and _has(lab, mode, "node2", NODE1)
