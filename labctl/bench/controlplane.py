@@ -52,9 +52,7 @@ FIGURES = (
     ("back", "dead node back: routes on every other node, from 'node start'"),
 )
 
-#: Modes whose peers drop a dead node's routes, and the timer that decides when. Not here:
-#: flannel-udp (the peers keep the node in their proxy table; nothing expires in the
-#: dataplane) and the Felix-programmed Calico modes (Calico records have no TTL).
+#: Modes measured, and the timer after which the peers drop a dead node.
 TIMERS = {
     "flannel-vxlan": "lease TTL",
     "flannel-vxlan-directrouting": "lease TTL",
@@ -62,19 +60,27 @@ TIMERS = {
     "flannel-ipip": "lease TTL",
     "calico-bgp": "BGP hold timer",
 }
+_NO_TTL = "Calico records have no TTL: nothing drops a dead node's routes"
+#: Why the others are not.
+UNMEASURED = {
+    "flannel-udp": "its peers are in the proxy's table, not in the kernel routes measured here",
+    "calico-ipip": _NO_TTL,
+    "calico-ipip-crosssubnet": _NO_TTL,
+    "calico-vxlan": _NO_TTL,
+    "calico-vxlan-crosssubnet": _NO_TTL,
+    "canal": _NO_TTL,
+}
 
 
 class UnsupportedMode(ValueError):
-    """The mode has no timer after which the peers drop a dead node."""
+    """The mode is not measured (see UNMEASURED)."""
 
 
 def timer_kind(mode: str) -> str:
-    """What decides when the peers drop a dead node in `mode`; refuses modes with none."""
+    """What decides when the peers drop a dead node in `mode`; refuses modes not measured."""
     if mode not in TIMERS:
-        raise UnsupportedMode(
-            f"{mode}: no lease TTL or BGP hold timer drops a dead node's routes here; use "
-            f"one of {', '.join(TIMERS)}"
-        )
+        why = UNMEASURED.get(mode, "nodes cannot join or leave it live")
+        raise UnsupportedMode(f"{mode}: not measured: {why}; use one of {', '.join(TIMERS)}")
     return TIMERS[mode]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from labctl.bench import controlplane as cp
-from labctl.modes import get_mode
+from labctl.modes import MODES, get_mode
 from labctl.topology import load_topology, resolve_path
 
 NODE2 = IPv4Network("10.244.2.0/24")
@@ -55,8 +55,12 @@ def test_timer_kind_by_mode_and_refusals() -> None:
     assert cp.timer_kind("flannel-vxlan") == "lease TTL"
     assert cp.timer_kind("calico-bgp") == "BGP hold timer"
     for mode in ("flannel-udp", "calico-vxlan", "canal"):
-        with pytest.raises(cp.UnsupportedMode, match=mode):
+        with pytest.raises(cp.UnsupportedMode, match=f"{mode}: not measured: .*; use one of"):
             cp.timer_kind(mode)
+    with pytest.raises(cp.UnsupportedMode, match="no TTL"):
+        cp.timer_kind("calico-ipip")
+    # Every mode is either measured or says why not.
+    assert set(MODES) == set(cp.TIMERS) | set(cp.UNMEASURED)
 
 
 def test_default_modes_are_measurable() -> None:
