@@ -53,7 +53,7 @@ SERVICE_FIGURES = (
     default=None,
     help="Comma-separated modes to measure [default: every mode in 'labctl modes'; with "
     "--lifecycle: flannel-vxlan,flannel-host-gw; --policy: calico-bgp,canal; --services: "
-    "flannel-vxlan].",
+    "flannel-vxlan; --control-plane: flannel-vxlan,calico-bgp].",
 )
 @click.option(
     "--duration",
@@ -130,8 +130,7 @@ SERVICE_FIGURES = (
     "control_plane",
     is_flag=True,
     help="Instead: how fast the other nodes follow a node that joins, leaves, dies (lease TTL, "
-    "BGP hold timer) and comes back, and whether pods reach each other while etcd is frozen "
-    "[modes: flannel-vxlan,calico-bgp].",
+    "BGP hold timer) and comes back, and whether pods reach each other while etcd is frozen.",
 )
 @OUTPUT
 @guarded
