@@ -1,6 +1,6 @@
 """The live control plane in every flannel mode: a node that dies and comes back (`labctl node
-stop|start`) and the backend switched in place (`labctl config set backend`, which restarts
-the agents as `labctl restart agents` does), with verify's wire checks after each change.
+stop|start`), the backend switched in place (`labctl config set backend`) and the agents
+restarted (`labctl restart agents`), with verify's wire checks after each change.
 
 One lab per mode on default.yaml (three nodes, lease TTL 4 s), shared by its two tests
 (module scope: pytest runs both against one lab, then takes it down and brings up the next).
@@ -12,7 +12,8 @@ The switches offered in place are between the backends whose device every node a
 and the pods' MTU right, so verify passes with no leftover; vxlan-directrouting -> host-gw
 leaves flannel.1 behind, as flanneld does, and verify names it on each node. host-gw, udp and
 ipip labs have no flannel.1 (and the lab's agents do not make flannel0 or flannel.ipip): the
-switch is refused, with the reason, and nothing changes.
+switch is refused (exit 2), with the reason, nothing changes, and `restart agents` brings the
+agents back in the backend they have.
 
 flannel-udp programs no per-peer kernel route (one route into flannel0): the peers are in
 each node's proxy table, which the agent rewrites from the leases (SIGHUP), as flanneld's udp
