@@ -81,7 +81,7 @@ class Group:
         started = []
         for d in ns.daemons:
             name = f"{ns.name}:{d.kind}"
-            cfg = _config_path(st, ns.name, d.kind)
+            cfg = config_path(st, ns.name, d.kind)
             cfg.write_text(json.dumps(d.config))
             argv = ARGV[d.kind](str(cfg))
             log = str(cfg.with_suffix(".log"))
@@ -93,7 +93,7 @@ class Group:
 
     def reconfigure(self, ns: str, daemon: Daemon, st: state.LabState) -> None:
         """Give a running daemon a new config (its peer table) and SIGHUP it to re-read it."""
-        _config_path(st, ns, daemon.kind).write_text(json.dumps(daemon.config))
+        config_path(st, ns, daemon.kind).write_text(json.dumps(daemon.config))
         for p in self.procs:
             if p.name == f"{ns}:{daemon.kind}" and p.popen.poll() is None:
                 p.popen.send_signal(signal.SIGHUP)
@@ -137,7 +137,7 @@ class Group:
         _terminate(self.procs, timeout)
 
 
-def _config_path(st: state.LabState, ns: str, kind: str) -> Path:
+def config_path(st: state.LabState, ns: str, kind: str) -> Path:
     ddir = st.dir / "daemons"
     ddir.mkdir(exist_ok=True)
     return ddir / f"{ns.replace('/', '_')}-{kind}.json"

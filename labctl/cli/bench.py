@@ -53,7 +53,7 @@ SERVICE_FIGURES = (
     default=None,
     help="Comma-separated modes to measure [default: every mode in 'labctl modes'; with "
     "--lifecycle: flannel-vxlan,flannel-host-gw; --policy: calico-bgp,canal; --services: "
-    "flannel-vxlan].",
+    "flannel-vxlan; --control-plane: flannel-vxlan,calico-bgp].",
 )
 @click.option(
     "--duration",
@@ -125,6 +125,13 @@ SERVICE_FIGURES = (
     help="Node counts of the --scale live rows (a size this host cannot hold is reported as "
     "refused, as 'up' would refuse it).",
 )
+@click.option(
+    "--control-plane",
+    "control_plane",
+    is_flag=True,
+    help="Instead: how fast the other nodes follow a node that joins, leaves, dies (lease TTL, "
+    "BGP hold timer) and comes back, and whether pods reach each other while etcd is frozen.",
+)
 @OUTPUT
 @guarded
 def bench(
@@ -139,17 +146,23 @@ def bench(
     services_: bool,
     scale: bool,
     sizes: str,
+    control_plane: bool,
     output: str,
 ) -> None:
     """The answer table: for every mode, pod-to-pod TCP throughput (1 and 4 streams),
     request/response rate and latency, CPU per Gbit/s, overhead and pod MTU, next to the
     underlay and a hand-built reference of the same datapath (JSON and chart saved under
-    captures/NAME/bench/). --lifecycle, --policy and --services measure other things."""
+    captures/NAME/bench/). --lifecycle, --policy, --services, --scale and --control-plane
+    measure other things."""
     lifecycle.check_environment()
-    if sum((lifecycle_, policy, services_, scale)) > 1:
-        raise click.UsageError("--lifecycle, --policy, --services and --scale: pick one")
+    if sum((lifecycle_, policy, services_, scale, control_plane)) > 1:
+        raise click.UsageError(
+            "--lifecycle, --policy, --services, --scale and --control-plane: pick one"
+        )
     default = (
-        "calico-bgp,canal"
+        "flannel-vxlan,calico-bgp"
+        if control_plane
+        else "calico-bgp,canal"
         if policy
         else "flannel-vxlan"
         if services_
@@ -162,7 +175,9 @@ def bench(
         raise click.BadParameter("name at least one mode", param_hint="--modes")
     if lab in state.list_labs():
         raise LabError(f"a lab named {lab!r} is up; 'labctl down -n {lab}' first, or pick -n NAME")
-    if scale:
+    if control_plane:
+        _control_plane(lab, names, repeats, output)
+    elif scale:
         _scale(lab, _sizes(sizes), pods_per_node or 1, output)
     elif services_:
         _services(names, output)
@@ -240,6 +255,34 @@ def _scale(lab: str, sizes: list[int], pods_per_node: int, output: str) -> None:
     for r in result["live"]:
         for failed in r.get("failed", []):
             out.print(f"{r['design']} {r['nodes']} nodes, failed: {failed}")
+    out.print(f"saved {path}")
+
+
+def _control_plane(lab: str, names: list[str], repeats: int, output: str) -> None:
+    from labctl.bench import controlplane
+
+    for name in names:
+        try:
+            controlplane.timer_kind(name)
+        except controlplane.UnsupportedMode as e:
+            raise click.BadParameter(str(e), param_hint="--modes") from None
+    with out.status("benchmarking the control plane") as status:
+        rows = controlplane.run(names, repeats, lab, lambda p: status.update(p))
+    path = controlplane.save(lab, rows)
+    if output == "json":
+        emit_json({"rows": rows, "file": str(path)})
+        return
+    t = Table("figure (seconds)", *(r["mode"] for r in rows), title="labctl bench --control-plane")
+    labels = [label for _, label in controlplane.FIGURES]
+    labels += ["what drops a dead node", "pods reach each other while etcd is frozen"]
+    for label, *values in zip(labels, *(controlplane.cells(r) for r in rows), strict=True):
+        t.add_row(label, *values)
+    out.print(t)
+    if repeats > 1:
+        out.print(f"median of {repeats} (min-max)", highlight=False)
+    for r in rows:
+        for failed in r["etcdFrozenFailed"]:
+            out.print(f"{r['mode']}, etcd frozen, failed: {failed}", highlight=False)
     out.print(f"saved {path}")
 
 

@@ -7,7 +7,8 @@ import click
 
 from labctl import control, state
 from labctl.cli.common import NAME, OUTPUT, emit_json, err, guarded, out
-from labctl.controlplane.dynamics import BACKEND_CHOICES
+from labctl.controlplane.dynamics import BACKEND_CHOICES, switch_refusal
+from labctl.modes.flannel import VXLAN_DEV
 from labctl.state import LabError
 
 
@@ -141,6 +142,17 @@ def set_(lab: str | None, output: str, key: str, value: str) -> None:
     """Switch the flannel backend in place: the agents restart with it; what the old backend
     made (flannel.1) stays, as flanneld leaves it, and verify points it out."""
     name = state.resolve(lab)
+    # Refused here, as bad input (exit 2), before the supervisor is asked: the lab's mode and
+    # the devices its plan gave the nodes say whether the agents can switch in place.
+    mode = state.load(name).mode
+    nodes = state.read_plan(name).node_ns()
+    refused = switch_refusal(
+        mode,
+        f"flannel-{value}",
+        lambda: all(any(link.name == VXLAN_DEV for link in ns.links) for ns in nodes),
+    )
+    if refused:
+        raise LabError(refused)
     reply = control.request(name, "set-backend", value=value)
     if output == "json":
         emit_json(reply)

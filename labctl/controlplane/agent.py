@@ -11,9 +11,11 @@ everything (flanneld's routeCheck). Its progress goes to a status file the super
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -33,6 +35,7 @@ from labctl.render import render
 
 RESYNC = 10.0  # flanneld's routeCheck period
 RETRY = 0.5
+UDP_PROXY = "udpproxy"  # the flannel-udp proxy's daemon kind
 
 
 def argv(config_path: str) -> list[str]:
@@ -139,6 +142,8 @@ class Agent(NodeAgent):
         self.key = leases.subnet_key(cfg.subnet)
         # subnet -> (lease value, what was programmed for it)
         self.peers: dict[str, tuple[str, NamespacePlan]] = {}
+        self.listed = False  # the first listing of the leases has been applied
+        self.table: list[dict[str, str]] | None = None  # the proxy table last made sure of
 
     # ---- config and lease ----
 
@@ -245,6 +250,7 @@ class Agent(NodeAgent):
                 self.remove(key)
         for key, value in now.items():
             self.add(key, value)
+        self.listed = True
 
     def on_event(self, ev: Event) -> None:
         if ev.key == self.key:
@@ -253,6 +259,41 @@ class Agent(NodeAgent):
             self.remove(ev.key)
         else:
             self.add(ev.key, ev.value)
+
+    def sync_proxy_table(self) -> None:
+        """flannel-udp: the node's proxy routes to the peers of the live leases, as flanneld's
+        udp backend sets and deletes its proxy's routes from the lease events (a lease that
+        expires takes its node out). The table is the proxy's config file; SIGHUP makes it
+        re-read it. Nothing to do when the table already says so."""
+        if self.backend.type != "udp" or not self.listed:
+            return  # before the first listing the agent knows no peers, not "no peers"
+        routes = [
+            {"subnet": subnet, "node_ip": str(leases.LeaseAttrs.from_json(value).public_ip)}
+            for subnet, (value, _) in sorted(self.peers.items())
+        ]
+        if routes == self.table:
+            return
+        from labctl import daemons  # (daemons imports the agents' module: not at the top)
+
+        st = state.load(self.cfg.lab)
+        path = daemons.config_path(st, self.cfg.node, UDP_PROXY)
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            self.log(f"proxy table {path}: {e}")
+            return
+        self.table = routes
+        if sorted(config.get("routes", []), key=lambda r: r["subnet"]) == routes:
+            return
+        config["routes"] = routes
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(config))
+        os.replace(tmp, path)
+        pid = st.processes.get(f"{self.cfg.node}:{UDP_PROXY}")
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+        self.log(f"proxy table: {len(routes)} peer(s)")
 
     # ---- loop ----
 
@@ -301,6 +342,7 @@ class Agent(NodeAgent):
                 for subnet, (value, _) in list(self.peers.items()):
                     self.add(leases.subnet_key(IPv4Network(subnet)), value, force=True)
                 resync = now + RESYNC
+            self.sync_proxy_table()
             self.report()
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -44,6 +45,22 @@ def stopped_note(node: str, ttl: int, mode: str = "") -> str:
         f"node {node} is stopped (labctl node stop): its agent and daemons are frozen; the "
         f"other nodes drop its routes when {when}"
     )
+
+
+def switch_refusal(mode: str, new: str, has_vtep: Callable[[], bool]) -> str | None:
+    """Why `config set backend` cannot switch a `mode` lab to `new` in place (None: it can).
+    `has_vtep` says whether every node has flannel.1 (asked only when it matters)."""
+    if mode not in SWITCHABLE or new not in SWITCHABLE:
+        return (
+            f"switching {mode} to {new} in place is not supported (the agents switch between "
+            f"{', '.join(sorted(SWITCHABLE))}); up a new lab in {new}"
+        )
+    if new != "flannel-host-gw" and not has_vtep():
+        return (
+            f"{new} needs {VXLAN_DEV} on every node and this lab's nodes have none; "
+            f"up a new lab in {new}"
+        )
+    return None
 
 
 class Dynamics:
@@ -109,16 +126,9 @@ class Dynamics:
         if value not in BACKEND_CHOICES:
             raise ValueError(f"backend {value!r}: use one of {', '.join(BACKEND_CHOICES)}")
         new = f"flannel-{value}"
-        if self.st.mode not in SWITCHABLE or new not in SWITCHABLE:
-            raise ValueError(
-                f"switching {self.st.mode} to {new} in place is not supported (the agents "
-                f"switch between {', '.join(sorted(SWITCHABLE))}); up a new lab in {new}"
-            )
-        if new != "flannel-host-gw" and not self._has_vtep():
-            raise ValueError(
-                f"{new} needs {VXLAN_DEV} on every node and this lab's nodes have none; "
-                f"up a new lab in {new}"
-            )
+        refused = switch_refusal(self.st.mode, new, self._has_vtep)
+        if refused:
+            raise ValueError(refused)
         client = self.cplane.etcd.client
         kv = client.get(leases.CONFIG_KEY)
         conf = json.loads(kv.value) if kv else {}

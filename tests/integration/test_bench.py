@@ -80,3 +80,63 @@ def test_bad_input_exits_2_before_building(args: list[str], needle: str) -> None
     res = labctl("bench", "-n", "bn-bad", *args, check=2)
     assert needle in res.stderr
     assert not Path("/run/labctl/bn-bad").exists()
+
+
+# ---- --control-plane: flannel-vxlan and calico-bgp side by side, one round ----
+
+CP = "bn-cp"
+TTL = 4  # LABCTL_LEASE_TTL for the flannel lab; calico-bgp keeps FRR's 9 s hold timer
+
+
+@pytest.fixture(scope="module")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    captures = tmp_path_factory.mktemp("captures")
+    env = dict(os.environ, LABCTL_CAPTURE_DIR=str(captures), LABCTL_LEASE_TTL=str(TTL))
+    res = subprocess.run(
+        cli_argv("bench", "-n", CP, "--control-plane", "--repeats", "1", "-o", "json"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    labctl("down", "-n", CP, check=False)  # only if the run broke half way
+    assert res.returncode == 0, res.stderr
+    yield dict(json.loads(res.stdout))
+
+
+def test_control_plane_figures_follow_the_configured_timers(
+    control_plane: dict[str, Any],
+) -> None:
+    rows = {r["mode"]: r for r in control_plane["rows"]}
+    assert list(rows) == ["flannel-vxlan", "calico-bgp"]
+    assert (rows["flannel-vxlan"]["timer"], rows["flannel-vxlan"]["timerSeconds"]) == (
+        "lease TTL",
+        TTL,
+    )
+    assert (rows["calico-bgp"]["timer"], rows["calico-bgp"]["timerSeconds"]) == (
+        "BGP hold timer",
+        9,
+    )
+    # A lease is renewed every TTL/2, so it expires about TTL/2 to TTL after the freeze (a
+    # renewal a loaded machine delayed: sooner); a BGP peer waits its hold time from the last
+    # keepalive (every 3 s). Far sooner, no timer dropped the routes; far later, the timer is
+    # not what dropped them.
+    for mode in ("flannel-vxlan", "calico-bgp"):
+        row, timer = rows[mode], rows[mode]["timerSeconds"]
+        assert timer / 4 <= row["dead"] <= 3 * timer, (mode, row["dead"])
+        # Join, leave and the return are events: they wait for no timer.
+        for key in ("join", "joinSeen", "leave", "leaveSeen", "back"):
+            assert 0 <= row[key] < timer, (mode, key, row[key])
+        assert row["joinSeen"] >= row["join"] and row["leaveSeen"] >= row["leave"], row
+        assert row["etcdFrozenForwards"] is True and row["etcdFrozenPairs"] == 30, row
+        assert row["etcdFrozenSeconds"] == timer + 1
+    saved = json.loads(Path(control_plane["file"]).read_text())
+    assert saved == control_plane["rows"]
+    assert not Path(f"/run/labctl/{run_name(CP)}").exists()
+
+
+def test_control_plane_refuses_a_mode_without_a_timer() -> None:
+    # Nothing in calico-vxlan drops a dead node (Calico records have no TTL): no figure.
+    res = labctl("bench", "-n", "bn-bad", "--control-plane", "--modes", "calico-vxlan", check=2)
+    assert "calico-vxlan: not measured: Calico records have no TTL" in res.stderr
+    assert not Path(f"/run/labctl/{run_name('bn-bad')}").exists()

@@ -10,6 +10,7 @@ import pytest
 
 from labctl.controlplane import lease
 from labctl.controlplane.agent import status_path
+from labctl.controlplane.dynamics import switch_refusal
 from labctl.controlplane.supervise import ControlPlane, agent_configs, net_conf
 from labctl.modes import get_mode
 from labctl.modes.flannel import LEASE_TTL, backend_named, lease_ttl
@@ -144,3 +145,30 @@ def test_converged_needs_every_peer_on_every_node(
     assert cp.converged(plan)[0] is False
     report("node2", [subnets["master"], subnets["node1"]], ["node2: error adding route ..."])
     assert cp.converged(plan) == (True, ["node2: error adding route ..."])
+
+
+@pytest.mark.parametrize(
+    ("mode", "new", "vtep", "says"),
+    [
+        ("flannel-vxlan", "flannel-host-gw", False, None),  # host-gw needs no device
+        ("flannel-vxlan", "flannel-vxlan-directrouting", True, None),
+        ("flannel-vxlan-directrouting", "flannel-vxlan", True, None),
+        ("flannel-host-gw", "flannel-vxlan", False, "needs flannel.1 on every node"),
+        ("flannel-udp", "flannel-host-gw", True, "switching flannel-udp to flannel-host-gw"),
+        ("flannel-ipip", "flannel-host-gw", True, "switching flannel-ipip to flannel-host-gw"),
+        ("flannel-vxlan", "flannel-udp", True, "switching flannel-vxlan to flannel-udp"),
+    ],
+)
+def test_which_backend_switches_are_offered_in_place(
+    mode: str, new: str, vtep: bool, says: str | None
+) -> None:
+    asked: list[bool] = []
+
+    def has_vtep() -> bool:
+        asked.append(True)
+        return vtep
+
+    refused = switch_refusal(mode, new, has_vtep)
+    assert refused is None if says is None else says in (refused or ""), refused
+    # The nodes are looked at only when both modes are switchable and the target needs a VTEP.
+    assert bool(asked) == (new != "flannel-host-gw" and "switching" not in (says or ""))
