@@ -334,7 +334,7 @@ def _lifecycle(names: list[str], large: tuple[int, int], output: str) -> None:
     with out.status("benchmarking") as status:
         rows = cluster.run(names, large, lambda p: status.update(p))
     t = Table(title="labctl bench --lifecycle (seconds)")
-    for col in ("mode", "topology", "nodes", "pods", "pod pairs", "up", "verify", "down"):
+    for col in ("mode", "topology", "nodes", "pods", "pairs probed", "up", "verify", "down"):
         t.add_column(col)
     t.add_column("verified")
     for r in rows:
@@ -343,7 +343,7 @@ def _lifecycle(names: list[str], large: tuple[int, int], output: str) -> None:
             r["topology"],
             str(r["nodes"]),
             str(r["pods"]),
-            str(r.get("pairs", "-")),
+            f"{r['pairsProbed']}/{r['pairs']}" if "pairs" in r else "-",
             str(r.get("up", "-")),
             str(r.get("verify", "-")),
             str(r["down"]),
