@@ -18,8 +18,12 @@ LABCTL = str(Path(sys.executable).parent / "labctl")
 #: This run's suffix for every lab the tests bring up (scripts/test.sh passes one so that it
 #: can remove exactly its own labs after a crash): test labs never collide with a user's labs
 #: or another run's, and nothing here touches a lab it did not create.
-RUN = os.environ.get("LABCTL_TEST_RUN") or f"{os.getpid() % 0x10000:04x}"
-assert re.fullmatch(r"[a-z0-9]{1,5}", RUN), "LABCTL_TEST_RUN: 1-5 lowercase letters or digits"
+#: Under pytest-xdist each worker (gw0, gw1, ...) adds its number, so that workers running
+#: side by side never share a lab name or see each other's labs as their own.
+RUN = (os.environ.get("LABCTL_TEST_RUN") or f"{os.getpid() % 0x1000:03x}") + os.environ.get(
+    "PYTEST_XDIST_WORKER", ""
+).removeprefix("gw")
+assert re.fullmatch(r"[a-z0-9]{1,5}", RUN), "LABCTL_TEST_RUN: 1-4 lowercase letters or digits"
 
 
 # An unexpected exception in the CLI shows its traceback in a failing test's output.

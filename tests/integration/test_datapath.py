@@ -309,9 +309,10 @@ def test_ipip_from_unknown_host_is_dropped() -> None:
 @pytest.mark.root
 @pytest.mark.slow
 @needs_lab
-def test_iperf3_30s_keeps_the_lab(lab: Lab) -> None:
-    """30 s of bulk TCP through the userspace datapath; afterwards the lab still works."""
-    gbps = lab.iperf3(30, timeout=90)
+def test_iperf3_keeps_the_lab(lab: Lab) -> None:
+    """10 s of bulk TCP through the userspace datapath; afterwards the lab still works (the
+    soak pass, scripts/soak.sh, runs 10 minutes)."""
+    gbps = lab.iperf3(10, timeout=60)
     assert gbps > 0.01
     for node in lab.nodes:
         assert node.process is not None and node.process.poll() is None, lab.log(node)
