@@ -4,12 +4,14 @@ supervisor inside their namespace, restarted when they die, stopped with the lab
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from labctl import state
 from labctl.controlplane import agent, felix
@@ -93,7 +95,7 @@ class Group:
 
     def reconfigure(self, ns: str, daemon: Daemon, st: state.LabState) -> None:
         """Give a running daemon a new config (its peer table) and SIGHUP it to re-read it."""
-        config_path(st, ns, daemon.kind).write_text(json.dumps(daemon.config))
+        write_config(st, ns, daemon.kind, daemon.config)
         for p in self.procs:
             if p.name == f"{ns}:{daemon.kind}" and p.popen.poll() is None:
                 p.popen.send_signal(signal.SIGHUP)
@@ -141,6 +143,15 @@ def config_path(st: state.LabState, ns: str, kind: str) -> Path:
     ddir = st.dir / "daemons"
     ddir.mkdir(exist_ok=True)
     return ddir / f"{ns.replace('/', '_')}-{kind}.json"
+
+
+def write_config(st: state.LabState, ns: str, kind: str, config: dict[str, Any]) -> None:
+    """Replace a daemon's config file atomically: the supervisor and a node's agent both
+    rewrite peer tables, and a SIGHUPed daemon must never read half a file."""
+    path = config_path(st, ns, kind)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(config))
+    os.replace(tmp, path)
 
 
 def _terminate(procs: list[_Proc], timeout: float) -> None:

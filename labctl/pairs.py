@@ -78,7 +78,7 @@ def covering_sample(
     by_node: dict[str, list[PodRecord]] = {}
     for p in pods:
         by_node.setdefault(p.node, []).append(p)
-    nodes = [n for n in topo.nodes if n in by_node] + sorted(set(by_node) - set(topo.nodes))
+    nodes = [n for n in topo.nodes if n in by_node]
     out: dict[tuple[str, str], Pair] = {}
 
     def add(pairs: Iterable[Pair]) -> None:
@@ -96,8 +96,7 @@ def covering_sample(
     # One pair per ordered pair of segments (same segment: two different nodes on it).
     seg_nodes: dict[str, list[str]] = {}
     for n in nodes:
-        seg = topo.nodes[n].segment if n in topo.nodes else ""
-        seg_nodes.setdefault(seg, []).append(n)
+        seg_nodes.setdefault(topo.nodes[n].segment, []).append(n)
     turn = 0
     for a_nodes in seg_nodes.values():
         for b_nodes in seg_nodes.values():

@@ -286,9 +286,7 @@ class Agent(NodeAgent):
         if sorted(config.get("routes", []), key=lambda r: r["subnet"]) == routes:
             return
         config["routes"] = routes
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(config))
-        os.replace(tmp, path)
+        daemons.write_config(st, self.cfg.node, UDP_PROXY, config)
         pid = st.processes.get(f"{self.cfg.node}:{UDP_PROXY}")
         if pid:
             with contextlib.suppress(ProcessLookupError):
