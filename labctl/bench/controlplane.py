@@ -16,7 +16,6 @@ leaves, `repeats` times each; etcd is frozen once, last.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import statistics
@@ -24,11 +23,9 @@ import subprocess
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Network, ip_network
-from pathlib import Path
 from typing import Any
 
 from labctl import apiserver, control, lifecycle, state, store
-from labctl.capture import CAPTURE_ROOT
 from labctl.controlplane.supervise import agent_configs
 from labctl.modes import get_mode
 from labctl.nsutil import nsenter_argv
@@ -271,12 +268,3 @@ def run(
     for mode in modes:
         timer_kind(mode)
     return [measure(mode, repeats, lab, progress) for mode in modes]
-
-
-def save(lab: str, rows: list[dict[str, Any]], root: Path = CAPTURE_ROOT) -> Path:
-    """Write the figures as JSON under captures/<lab>/bench/, named by the time."""
-    out = root / lab / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"control-plane-{time.strftime('%Y-%m-%dT%H%M%S')}.json"
-    path.write_text(json.dumps(rows, indent=1) + "\n")
-    return path

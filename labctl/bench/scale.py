@@ -9,7 +9,6 @@ which limit refused it, as `up` would.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 import tracemalloc
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from labctl import capacity, lifecycle
-from labctl.capture import CAPTURE_ROOT
 from labctl.modes import get_mode
 from labctl.topology import dump_topology, parse_topology
 from labctl.verify import verify
@@ -177,12 +175,3 @@ def run(
         if n > REFLECTORS or not r
     ]
     return {"plan": plans, "live": live}
-
-
-def save(lab: str, result: dict[str, list[dict[str, Any]]], root: Path = CAPTURE_ROOT) -> Path:
-    """Write the figures as JSON under captures/<lab>/bench/, named by the time."""
-    out = root / lab / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"scale-{time.strftime('%Y-%m-%dT%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    return path

@@ -217,11 +217,11 @@ def _sizes(text: str) -> list[int]:
 
 
 def _scale(lab: str, sizes: list[int], pods_per_node: int, output: str) -> None:
-    from labctl.bench import scale
+    from labctl.bench import save_figures, scale
 
     with out.status("benchmarking scale") as status:
         result = scale.run(sizes, pods_per_node, lab, lambda p: status.update(p))
-    path = scale.save(lab, result)
+    path = save_figures(lab, "scale", result)
     if output == "json":
         emit_json({**result, "file": str(path)})
         return
@@ -259,7 +259,7 @@ def _scale(lab: str, sizes: list[int], pods_per_node: int, output: str) -> None:
 
 
 def _control_plane(lab: str, names: list[str], repeats: int, output: str) -> None:
-    from labctl.bench import controlplane
+    from labctl.bench import controlplane, save_figures
 
     for name in names:
         try:
@@ -268,7 +268,7 @@ def _control_plane(lab: str, names: list[str], repeats: int, output: str) -> Non
             raise click.BadParameter(str(e), param_hint="--modes") from None
     with out.status("benchmarking the control plane") as status:
         rows = controlplane.run(names, repeats, lab, lambda p: status.update(p))
-    path = controlplane.save(lab, rows)
+    path = save_figures(lab, "control-plane", rows)
     if output == "json":
         emit_json({"rows": rows, "file": str(path)})
         return

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from labctl.bench import controlplane as cp
+from labctl.bench import save_figures
 from labctl.modes import MODES, get_mode
 from labctl.topology import load_topology, resolve_path
 
@@ -118,6 +119,6 @@ def test_table_column() -> None:
 
 def test_saved_under_the_labs_bench_dir(tmp_path: Path) -> None:
     rows = [cp.summarise("flannel-vxlan", 4, [_run()], FORWARDS)]
-    path = cp.save("cb-unit", rows, root=tmp_path)
+    path = save_figures("cb-unit", "control-plane", rows, root=tmp_path)
     assert path.parent == tmp_path / "cb-unit" / "bench"
     assert path.name.startswith("control-plane-") and json.loads(path.read_text()) == rows
